@@ -1,0 +1,1 @@
+"""Everything that ties methods, attacks and datasets together: registry, runner, store, outputs."""

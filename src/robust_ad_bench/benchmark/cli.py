@@ -1,0 +1,214 @@
+"""Command line: ``robust-ad-bench run | list | leaderboard | export | plot``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from robust_ad_bench.benchmark import leaderboard
+from robust_ad_bench.benchmark.config import Job, make_grid_config
+from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.benchmark.registry import REGISTRIES, load_plugin_file
+from robust_ad_bench.benchmark.runner import Hooks, Runner, ensure_writable
+from robust_ad_bench.benchmark.store import Store, open_existing
+
+EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "aupr",
+                  "fpr95", "pixel_auroc", "status", "error", "adversarially_trained", "n_test", "seconds",
+                  "key", "finished_at"]
+
+
+class RichHooks(Hooks):
+    """Two rich progress bars: the grid (jobs) and the training of the current model (epochs)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.grid = progress.add_task("grid", total=0)
+        self.train = progress.add_task("training", total=1, visible=False)
+
+    def start(self, total: int) -> None:
+        self.progress.update(self.grid, total=total)
+
+    def job_done(self, job: Job, ok: bool) -> None:
+        self.progress.update(self.grid, advance=1,
+                             description=f"grid: {job.method} {job.dataset}/{job.normal_class}")
+
+    def training(self, job: Job) -> Callable[[int, int, str], None]:
+        label = f"training {job.method} on {job.dataset}/{job.normal_class} (seed {job.seed})"
+        self.progress.reset(self.train, total=1, completed=0, visible=True, description=label)
+
+        def update(done: int, total: int, message: str) -> None:
+            self.progress.update(self.train, total=total, completed=done, description=f"{label} {message}")
+
+        return update
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    cfg = make_grid_config(
+        args.config, methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
+        seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
+    )
+    if args.dry_run:
+        runner = Runner(cfg)
+        pending = runner.jobs
+        if Path(cfg.out, "results.sqlite").is_file():
+            with Store(cfg.out) as store:
+                pending = runner.pending(store)
+        print_grid(runner.jobs, {j.key for j in pending}, console)
+        return 0
+    ensure_writable(cfg.out)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        runner = Runner(cfg, RichHooks(progress))
+        summary = runner.run()
+    console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
+                  f"store, {len(summary.failed)} failed; {summary.trained} models trained")
+    with Store(cfg.out) as store:
+        results = store.results()
+    methods = {j.method for j in runner.jobs}
+    datasets = {j.dataset for j in runner.jobs}
+    results = results[results["method"].isin(methods) & results["dataset"].isin(datasets)]
+    leaderboard.render(leaderboard.wide(results), Console())
+    if summary.failed:
+        console.print(f"[red]{len(summary.failed)} job(s) failed[/red] (tracebacks in {cfg.out}/failures.log):")
+        for job, message in summary.failed[:20]:
+            console.print(f"  {job.method} {job.dataset}/{job.normal_class} seed {job.seed} {job.attack} "
+                          f"eps {job.eps:g}: {message}")
+        return 1
+    return 0
+
+
+def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
+    table = Table(title=f"grid: {len(jobs)} jobs, {len(pending)} to compute")
+    for col in ("method", "dataset", "classes", "seeds", "attacks (eps)", "jobs", "to compute"):
+        table.add_column(col)
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.method, job.dataset), []).append(job)
+    for (method, dataset), group in groups.items():
+        attacks: dict[str, list[str]] = {}
+        for j in group:
+            attacks.setdefault(j.attack, [])
+            label = leaderboard.eps_label(j.eps, j.norm)
+            if j.norm != "none" and label not in attacks[j.attack]:
+                attacks[j.attack].append(label)
+        attack_text = ", ".join(f"{a} ({', '.join(e)})" if e else a for a, e in attacks.items())
+        table.add_row(method, dataset, ",".join(dict.fromkeys(j.normal_class for j in group)),
+                      ",".join(dict.fromkeys(str(j.seed) for j in group)), attack_text, str(len(group)),
+                      str(sum(j.key in pending for j in group)))
+    console.print(table)
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        table = Table(title=kind)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for name, cls in REGISTRIES[kind]:
+            if not getattr(cls, "hidden", False):
+                table.add_row(name, cls.description)
+        console.print(table)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
+    with open_existing(args.out) as store:
+        results = store.results()
+    leaderboard.render(leaderboard.wide(results), Console())
+    ensure_writable(args.out)
+    for path in leaderboard.write(results, args.out):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    with open_existing(args.out) as store:
+        results = store.results()
+    target = Path(args.file) if args.file else Path(args.out) / f"export.{args.format}"
+    ensure_writable(target.parent)
+    frame = results[EXPORT_COLUMNS]
+    if args.format == "csv":
+        frame.to_csv(target, index=False)
+    else:
+        frame.to_json(target, orient="records", indent=1)
+    console.print(f"wrote {len(frame)} rows to {target}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace, console: Console) -> int:
+    from robust_ad_bench.benchmark import plots  # matplotlib is slow to import: only when plotting
+
+    folder = Path(args.out) / "plots"
+    ensure_writable(folder)
+    with open_existing(args.out) as store:
+        paths = plots.make_plots(store, folder)
+    for path in paths:
+        console.print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="load methods/attacks/datasets from a Python file (repeatable)")
+    parser = argparse.ArgumentParser(prog="robust-ad-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run a grid of methods × datasets × attacks")
+    run.add_argument("--methods", help="'all' or comma-separated names (default: all)")
+    run.add_argument("--datasets", help="'all' or comma-separated names (default: all)")
+    run.add_argument("--attacks", help="comma-separated names (default: clean,fgsm,pgd)")
+    run.add_argument("--eps", help="comma-separated budgets in pixel units, e.g. 2/255,8/255 "
+                                   "(default: each dataset's own)")
+    run.add_argument("--seeds", help="comma-separated integers (default: 0)")
+    run.add_argument("--classes", help="comma-separated normal classes, or dataset:class (default: all)")
+    run.add_argument("--out", help="results folder (default: results)")
+    run.add_argument("--config", help="YAML file with the same options (flags override it)")
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--dry-run", action="store_true", help="print the grid and what is left to compute")
+
+    lst = sub.add_parser("list", parents=[common], help="list registered methods, attacks or datasets")
+    lst.add_argument("kind", nargs="?", help="methods, attacks or datasets (default: all three)")
+
+    for name, text in (("leaderboard", "print the leaderboard and write CSV, Markdown and LaTeX"),
+                       ("plot", "write PNG plots: AUROC against eps, score histograms")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--out", default="results", help="results folder (default: results)")
+    exp = sub.add_parser("export", parents=[common], help="write one row per job")
+    exp.add_argument("--out", default="results", help="results folder (default: results)")
+    exp.add_argument("--format", default="csv", help="csv or json (default: csv)")
+    exp.add_argument("--file", help="output file (default: OUT/export.FORMAT)")
+    return parser
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "export": cmd_export,
+            "plot": cmd_plot}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        if args.command == "list" and args.kind and args.kind not in REGISTRIES:
+            raise unknown_choice("kind", args.kind, REGISTRIES)
+        if args.command == "export" and args.format not in ("csv", "json"):
+            raise unknown_choice("export format", args.format, ("csv", "json"))
+        for path in args.plugin:
+            load_plugin_file(path)
+        return COMMANDS[args.command](args, console)
+    except BenchError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: finished jobs are in the store; run again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

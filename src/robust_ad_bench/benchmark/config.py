@@ -1,0 +1,189 @@
+"""The benchmark grid: from CLI flags or a YAML file to validated jobs with content-hash keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robust_ad_bench.attacks.base import NORMS, check_eps
+from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.benchmark.params import build_config, config_dict
+from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
+
+DEFAULT_ATTACKS = ("clean", "fgsm", "pgd")
+
+
+@dataclass
+class GridConfig:
+    """What to run. ``None`` means the default: all classes, each dataset's default eps."""
+
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    datasets: list[str] = field(default_factory=lambda: ["all"])
+    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
+    eps: dict[str, list[float]] | None = None  # per norm ("linf", "l2")
+    seeds: list[int] = field(default_factory=lambda: [0])
+    classes: dict[str, list[str]] | list[str] | None = None  # per dataset, or one list for all
+    out: str = "results"
+    device: str = "auto"
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell of the grid: a trained model (``train_key``) under one attack at one eps (``key``)."""
+
+    method: str
+    dataset: str
+    normal_class: str
+    seed: int
+    attack: str
+    norm: str
+    eps: float
+    train_key: str
+    key: str
+    config: dict[str, Any]
+
+
+def parse_eps(value: Any) -> float:
+    """A number or a fraction string such as ``8/255``."""
+    try:
+        eps = float(Fraction(value.strip())) if isinstance(value, str) else float(value)
+    except (ValueError, ZeroDivisionError, TypeError):
+        raise BenchError(f"eps must be a number or a fraction like 8/255, got {value!r}") from None
+    check_eps(eps)
+    return eps
+
+
+def parse_eps_spec(spec: Any) -> dict[str, list[float]] | None:
+    """``"2/255,8/255"`` or a list (applies to every norm) or ``{"linf": [...], "l2": [...]}``."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        out = {}
+        for norm, values in spec.items():
+            if norm not in NORMS[:2]:
+                raise unknown_choice("norm in eps", norm, NORMS[:2])
+            out[norm] = [parse_eps(v) for v in _as_list(values)]
+        return out
+    values = [parse_eps(v) for v in _as_list(spec)]
+    return {"linf": values, "l2": values}
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [v for v in (s.strip() for s in value.split(",")) if v]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise BenchError(f"cannot read config '{path}': {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise BenchError(f"malformed YAML in '{path}'{where}: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BenchError(f"config '{path}' must be a mapping of options, got {type(data).__name__}")
+    valid = {f.name for f in fields(GridConfig)} | {"reported"}
+    for key in data:
+        if key not in valid:
+            raise unknown_choice(f"option in config '{path}'", key, valid)
+    data.pop("reported", None)  # paper figures, read by the leaderboard, not by the grid
+    return data
+
+
+def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConfig:
+    """YAML options, then CLI flags (those not None) on top."""
+    data = load_yaml(yaml_path) if yaml_path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("methods", "datasets", "attacks", "seeds"):
+        if key in data:
+            data[key] = _as_list(data[key])
+    try:
+        data["seeds"] = [int(s) for s in data.get("seeds", [0])]
+    except (TypeError, ValueError):
+        raise BenchError(f"seeds must be integers, got {data.get('seeds')!r}") from None
+    data["eps"] = parse_eps_spec(data.get("eps"))
+    if isinstance(data.get("classes"), str):
+        data["classes"] = _as_list(data["classes"])
+    for key in ("method_params", "attack_params"):
+        if not isinstance(data.get(key, {}), dict):
+            raise BenchError(f"{key} must be a mapping of name -> parameters")
+    return GridConfig(**data)
+
+
+def content_key(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
+    spec = cfg.classes
+    if spec is None:
+        return dataset.classes()
+    if isinstance(spec, dict):
+        for name in spec:
+            if name not in cfg.datasets and name not in DATASETS:
+                raise unknown_choice("dataset in classes", name, DATASETS.names())
+        chosen = spec.get(dataset.name)
+        return dataset.classes() if chosen is None else [dataset.check_class(c) for c in _as_list(chosen)]
+    # one flat list: "digits:3" entries are scoped to a dataset, plain entries apply to every dataset
+    picked = []
+    for item in (str(c) for c in spec):
+        name, _, cls = item.rpartition(":")
+        if name and name != dataset.name:
+            continue
+        picked.append(dataset.check_class(cls))
+    return picked
+
+
+def expand_grid(cfg: GridConfig) -> list[Job]:
+    """All jobs of the grid, ordered dataset → class → seed → method → attack → eps (so one data split
+    and one trained model serve consecutive jobs)."""
+    methods = METHODS.resolve(cfg.methods)
+    datasets = DATASETS.resolve(cfg.datasets)
+    attacks = ATTACKS.resolve(cfg.attacks)
+    for name in cfg.method_params:
+        METHODS.get(name)
+    for name in cfg.attack_params:
+        ATTACKS.get(name)
+    method_cfgs = {m: config_dict(build_config(METHODS.get(m).Config, cfg.method_params.get(m),
+                                               f"method '{m}'")) for m in methods}
+    attack_cfgs = {a: config_dict(build_config(ATTACKS.get(a).Config, cfg.attack_params.get(a),
+                                               f"attack '{a}'")) for a in attacks}
+    jobs: list[Job] = []
+    for ds_name in datasets:
+        dataset = DATASETS.get(ds_name)()
+        for cls in _classes_for(cfg, dataset):
+            for seed in cfg.seeds:
+                for m in methods:
+                    method = METHODS.get(m)
+                    train = {"method": m, "method_version": method.version, "params": method_cfgs[m],
+                             "dataset": ds_name, "dataset_version": dataset.version,
+                             "normal_class": cls, "seed": seed}
+                    train_key = content_key(train)
+                    for a in attacks:
+                        attack = ATTACKS.get(a)
+                        norm = attack.norm
+                        eps_list = [0.0] if norm == "none" else (
+                            (cfg.eps or {}).get(norm) or list(dataset.default_eps[norm]))
+                        for eps in eps_list:
+                            config = {**train, "attack": a, "attack_version": attack.version,
+                                      "attack_params": attack_cfgs[a], "norm": norm, "eps": round(eps, 10)}
+                            jobs.append(Job(m, ds_name, cls, seed, a, norm, float(eps), train_key,
+                                            content_key({"train_key": train_key, **config}), config))
+    return jobs

@@ -1,0 +1,109 @@
+"""Leaderboard: methods as rows, (dataset, attack, eps) as columns, mean ± std AUROC over classes and seeds.
+
+Built only from the store. Rendered with rich in the terminal; written as CSV (long, numeric), Markdown
+and LaTeX (wide, "mean ± std").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+GROUP = ["method", "dataset", "attack", "norm", "eps"]
+
+
+def eps_label(eps: float, norm: str) -> str:
+    """``8/255`` for Linf budgets on the 1/255 grid, else the plain number."""
+    if eps == 0:
+        return "0"
+    k = eps * 255
+    if norm == "linf" and abs(k - round(k)) < 1e-6 and round(k) > 0:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+def column_label(dataset: str, attack: str, norm: str, eps: float) -> str:
+    return f"{dataset} {attack}" if norm == "none" else f"{dataset} {attack} {eps_label(eps, norm)}"
+
+
+def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Long table: one row per method × dataset × attack × eps with mean, std and count of ``metric``."""
+    ok = results[results["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame(columns=[*GROUP, "mean", "std", "n"])
+    table = ok.groupby(GROUP, sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    table = table.rename(columns={"count": "n"})
+    table["std"] = table["std"].fillna(0.0)  # a single run has no spread
+    # clean first, then attacks by name and eps, within each dataset
+    table["_order"] = (table["norm"] != "none").astype(int)
+    return table.sort_values(["dataset", "_order", "attack", "eps", "method"]).drop(columns="_order")
+
+
+def wide(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Methods × columns of "mean ± std" strings; extra columns flag training and failed jobs."""
+    long = summarize(results, metric)
+    if long.empty:
+        return pd.DataFrame()
+    long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],
+                       cell=[f"{m:.3f} ± {s:.3f}" for m, s in long[["mean", "std"]].values])
+    table = long.pivot(index="method", columns="column", values="cell")
+    table = table[list(dict.fromkeys(long["column"]))].fillna("–")
+    at = results.groupby("method")["adversarially_trained"].any()
+    failed = results[results["status"] == "failed"].groupby("method").size()
+    table.insert(0, "AT", ["yes" if at.get(m, False) else "" for m in table.index])
+    table["failed"] = [int(failed.get(m, 0)) for m in table.index]
+    table.index.name = "method"
+    return table
+
+
+def render(table: pd.DataFrame, console: Console, title: str = "Image AUROC (mean ± std)") -> None:
+    if table.empty:
+        console.print("[yellow]no finished jobs to show[/yellow]")
+        return
+    out = Table(title=title, show_lines=False)
+    out.add_column("method", style="bold")
+    for col in table.columns:
+        out.add_column(str(col), justify="right")
+    for method, row in table.iterrows():
+        cells = [str(v) for v in row.values]
+        cells[-1] = f"[red]{cells[-1]}[/red]" if row["failed"] else ""
+        out.add_row(str(method), *cells)
+    console.print(out)
+    console.print("AT: adversarially trained. Cells: mean ± std over normal classes and seeds; "
+                  "robust columns are the attack at that eps.")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    header = ["method", *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for method, row in table.iterrows():
+        lines.append("| " + " | ".join([str(method), *map(str, row.values)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text.replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    spec = "l" + "r" * len(table.columns)
+    head = " & ".join(_tex(str(c)) for c in ["method", *table.columns])
+    rows = [" & ".join(_tex(str(v)) for v in [m, *r.values]) + r" \\" for m, r in table.iterrows()]
+    return "\n".join([rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule",
+                      *rows, r"\bottomrule", r"\end{tabular}", ""])
+
+
+def write(results: pd.DataFrame, folder: str | Path) -> list[Path]:
+    """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide)."""
+    folder = Path(folder)
+    table = wide(results)
+    paths = [folder / f"leaderboard.{ext}" for ext in ("csv", "md", "tex")]
+    summarize(results).to_csv(paths[0], index=False)
+    paths[1].write_text(to_markdown(table) if not table.empty else "no finished jobs\n")
+    paths[2].write_text(to_latex(table) if not table.empty else "% no finished jobs\n")
+    return paths

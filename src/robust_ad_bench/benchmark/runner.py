@@ -1,0 +1,215 @@
+"""Runs a grid: groups jobs by trained model, trains or loads each model once, attacks, stores results.
+
+Crash safety: each job is written to the store in its own transaction as it ends, and each trained model
+is written atomically to the model cache, so a run killed at any point resumes where it stopped.
+A job that raises (or whose scores are not finite) is stored as failed with its message; the grid goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark.config import GridConfig, Job, expand_grid
+from robust_ad_bench.benchmark.errors import BenchError
+from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
+from robust_ad_bench.benchmark.store import JobResult, Store
+from robust_ad_bench.datasets.base import Split, TrainSet
+
+SCORE_BATCH = 512
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    skipped: int = 0  # already in the store
+    computed: int = 0
+    trained: int = 0  # models fitted (not loaded from the cache)
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+
+
+class Hooks:
+    """Progress callbacks (the CLI drives rich progress bars through them)."""
+
+    def start(self, total: int) -> None: ...
+    def job_done(self, job: Job, ok: bool) -> None: ...
+    def training(self, job: Job) -> Callable[[int, int, str], None] | None:
+        return None
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create the output folder and check that a file can be written in it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise BenchError(f"cannot write to output folder '{folder}': {exc.strerror or exc}") from exc
+    return folder
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise BenchError(f"unknown device '{name}'; valid: auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device '{name}' asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(key: str) -> None:
+    """Seed torch, numpy and random from a job key, so each job is repeatable on its own."""
+    seed = int(key[:8], 16)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([fn(b).detach().float().cpu() for b in x.split(SCORE_BATCH)]).numpy()
+
+
+class Runner:
+    def __init__(self, cfg: GridConfig, hooks: Hooks | None = None) -> None:
+        self.cfg = cfg
+        self.hooks = hooks or Hooks()
+        self.device = resolve_device(cfg.device)
+        self.jobs = expand_grid(cfg)  # validates every name and parameter before anything runs
+        self.out = Path(cfg.out)
+        self._split_cache: tuple[tuple[str, str, int], Split] | None = None
+
+    def pending(self, store: Store) -> list[Job]:
+        done = store.finished_keys()
+        return [job for job in self.jobs if job.key not in done]
+
+    def run(self) -> RunSummary:
+        ensure_writable(self.out)
+        summary = RunSummary(total=len(self.jobs))
+        with Store(self.out) as store:
+            pending = self.pending(store)
+            summary.skipped = len(self.jobs) - len(pending)
+            self.hooks.start(len(pending))
+            for _, group_iter in itertools.groupby(pending, key=lambda j: j.train_key):
+                self._run_group(list(group_iter), store, summary)
+        return summary
+
+    # -- one trained model, several attacks ------------------------------------------------------------
+    def _run_group(self, group: list[Job], store: Store, summary: RunSummary) -> None:
+        first = group[0]
+        start = time.perf_counter()
+        try:
+            split = self._split(first)
+            detector, fitted = self._detector(first, split)
+            summary.trained += fitted
+        except Exception as exc:
+            message = f"training failed: {type(exc).__name__}: {exc}"
+            self._log_failure(first, exc)
+            for job in group:
+                self._record_failure(job, message, time.perf_counter() - start, store, summary)
+            return
+        for job in group:
+            start = time.perf_counter()
+            try:
+                result = self._evaluate(job, detector, split)
+            except Exception as exc:
+                self._log_failure(job, exc)
+                self._record_failure(job, f"{type(exc).__name__}: {exc}", time.perf_counter() - start,
+                                     store, summary)
+                continue
+            result.seconds = time.perf_counter() - start
+            store.put(result)
+            summary.computed += 1
+            self.hooks.job_done(job, True)
+
+    def _split(self, job: Job) -> Split:
+        ident = (job.dataset, job.normal_class, job.seed)
+        if self._split_cache is None or self._split_cache[0] != ident:
+            split = DATASETS.get(job.dataset)().split(job.normal_class, job.seed)
+            self._split_cache = (ident, split)
+        return self._split_cache[1]
+
+    def _model_path(self, train_key: str) -> Path:
+        return self.out / "models" / f"{train_key}.pt"
+
+    def _detector(self, job: Job, split: Split) -> tuple[torch.nn.Module, bool]:
+        """The trained detector of a job: from the model cache, or fitted now and cached."""
+        method = METHODS.get(job.method)
+        detector = method(tuple(split.train.shape[1:]), job.config["params"]).to(self.device)
+        path = self._model_path(job.train_key)
+        if path.is_file():
+            try:
+                detector.restore(torch.load(path, map_location=self.device, weights_only=True))
+                return detector, False
+            except Exception:  # a corrupt or outdated cache file: train again
+                path.unlink(missing_ok=True)
+        seed_everything(job.train_key)
+        train = TrainSet(split.train.to(self.device))
+        if method.needs_anomalies and split.anomalies is not None:
+            train.anomalies = split.anomalies.to(self.device)
+            if split.anomaly_masks is not None:
+                train.anomaly_masks = split.anomaly_masks.to(self.device)
+        detector.progress = self.hooks.training(job)
+        try:
+            detector.fit(train)
+        finally:
+            detector.progress = None
+        detector.eval()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(detector.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written model
+        return detector, True
+
+    def _evaluate(self, job: Job, detector: torch.nn.Module, split: Split) -> JobResult:
+        seed_everything(job.key)
+        attack = ATTACKS.get(job.attack)(job.config["attack_params"])
+        x = split.test.to(self.device)
+        y = split.test_labels.to(self.device)
+        x_adv = attack.perturb(detector, x, y, job.eps)
+        scores = _batched(detector.score, x_adv)
+        labels = split.test_labels.numpy().astype(np.uint8)
+        result = metrics.image_metrics(labels, scores)
+        if split.test_masks is not None and detector.has_anomaly_map():
+            maps = _batched(detector.anomaly_map, x_adv)
+            result["pixel_auroc"] = metrics.pixel_auroc(split.test_masks.numpy(), maps)
+        return JobResult(
+            key=job.key, train_key=job.train_key, status="ok", method=job.method, dataset=job.dataset,
+            normal_class=job.normal_class, seed=job.seed, attack=job.attack, norm=job.norm, eps=job.eps,
+            config=job.config, metrics=result, n_test=len(labels),
+            adversarially_trained=bool(getattr(detector, "adversarially_trained", False)),
+            labels=labels, scores=scores,
+        )
+
+    def _record_failure(self, job: Job, message: str, seconds: float, store: Store,
+                        summary: RunSummary) -> None:
+        method = METHODS.get(job.method)
+        store.put(JobResult(
+            key=job.key, train_key=job.train_key, status="failed", method=job.method, dataset=job.dataset,
+            normal_class=job.normal_class, seed=job.seed, attack=job.attack, norm=job.norm, eps=job.eps,
+            config=job.config, seconds=seconds, error=message,
+            adversarially_trained=bool(getattr(method, "adversarially_trained", False)),
+        ))
+        summary.failed.append((job, message))
+        self.hooks.job_done(job, False)
+
+    def _log_failure(self, job: Job, exc: BaseException) -> None:
+        """Full tracebacks go to a log file in the output folder; the store keeps the one-line message."""
+        with open(self.out / "failures.log", "a") as log:
+            log.write(f"== {job.method} {job.dataset}/{job.normal_class} seed {job.seed} "
+                      f"{job.attack} eps {job.eps:g} ({job.key})\n")
+            log.write("".join(traceback.format_exception(exc)))
+

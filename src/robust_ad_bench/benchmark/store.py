@@ -1,0 +1,151 @@
+"""Results store: one SQLite file (WAL mode) per results folder.
+
+Every job is one row keyed by the hash of everything that determines its result, written in its own
+transaction as soon as the job ends, so a killed run loses at most the job in flight and a second run
+skips every finished job. The test scores of each job are kept too (for histograms and re-analysis).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robust_ad_bench.benchmark.errors import BenchError
+
+SCHEMA_VERSION = 1
+STORE_FILE = "results.sqlite"
+RESULT_COLUMNS = (
+    "key", "train_key", "status", "method", "dataset", "normal_class", "seed", "attack", "norm", "eps",
+    "auroc", "aupr", "fpr95", "pixel_auroc", "n_test", "seconds", "error", "adversarially_trained",
+    "config", "finished_at",
+)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY, train_key TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    method TEXT NOT NULL, dataset TEXT NOT NULL, normal_class TEXT NOT NULL, seed INTEGER NOT NULL,
+    attack TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL,
+    auroc REAL, aupr REAL, fpr95 REAL, pixel_auroc REAL, n_test INTEGER, seconds REAL, error TEXT,
+    adversarially_trained INTEGER NOT NULL DEFAULT 0, config TEXT NOT NULL,
+    finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS scores (
+    key TEXT PRIMARY KEY REFERENCES results(key) ON DELETE CASCADE,
+    labels BLOB NOT NULL, scores BLOB NOT NULL
+);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+
+@dataclass
+class JobResult:
+    """One finished job: its identity, metrics or error, and its test scores."""
+
+    key: str
+    train_key: str
+    status: str
+    method: str
+    dataset: str
+    normal_class: str
+    seed: int
+    attack: str
+    norm: str
+    eps: float
+    config: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    n_test: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    adversarially_trained: bool = False
+    labels: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
+class Store:
+    """The SQLite store of one results folder."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / STORE_FILE
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise BenchError(f"{self.path} has schema version {version}; this tool reads {SCHEMA_VERSION}")
+            self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise BenchError(f"cannot open the results store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def finished_keys(self, keys: Iterable[str] | None = None) -> set[str]:
+        """Keys of jobs finished successfully (failed jobs are retried by the next run)."""
+        rows = self.conn.execute("SELECT key FROM results WHERE status = 'ok'").fetchall()
+        done = {r[0] for r in rows}
+        return done if keys is None else done & set(keys)
+
+    def put(self, result: JobResult) -> None:
+        """Insert or replace one job and its scores in a single transaction."""
+        m = result.metrics
+        row = (
+            result.key, result.train_key, result.status, result.method, result.dataset,
+            str(result.normal_class), result.seed, result.attack, result.norm, float(result.eps),
+            m.get("auroc"), m.get("aupr"), m.get("fpr95"), m.get("pixel_auroc"), result.n_test,
+            result.seconds, result.error, int(result.adversarially_trained),
+            json.dumps(result.config, sort_keys=True),
+        )
+        with self.conn:
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO results ({', '.join(RESULT_COLUMNS[:-1])}) "
+                f"VALUES ({', '.join('?' * (len(RESULT_COLUMNS) - 1))})",
+                row,
+            )
+            if result.scores is not None and result.labels is not None:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO scores (key, labels, scores) VALUES (?, ?, ?)",
+                    (result.key, np.asarray(result.labels, np.uint8).tobytes(),
+                     np.asarray(result.scores, np.float32).tobytes()),
+                )
+
+    def results(self, status: str | None = None) -> pd.DataFrame:
+        """All jobs as a DataFrame (one row per job), optionally only those with ``status``."""
+        query = f"SELECT {', '.join(RESULT_COLUMNS)} FROM results"
+        params: tuple[Any, ...] = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            params = (status,)
+        frame = pd.read_sql_query(query + " ORDER BY method, dataset, normal_class, seed, attack, eps",
+                                  self.conn, params=params)
+        frame["adversarially_trained"] = frame["adversarially_trained"].astype(bool)
+        return frame
+
+    def scores(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, scores) of one job, or None."""
+        row = self.conn.execute("SELECT labels, scores FROM scores WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return np.frombuffer(row[0], np.uint8).copy(), np.frombuffer(row[1], np.float32).copy()
+
+
+def open_existing(folder: str | Path) -> Store:
+    """Open the store of a results folder that must already hold one (for leaderboard, export, plot)."""
+    path = Path(folder) / STORE_FILE
+    if not path.is_file():
+        raise BenchError(f"no results in '{folder}' (expected {path}); run `robust-ad-bench run --out {folder}`")
+    return Store(folder)

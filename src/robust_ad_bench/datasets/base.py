@@ -1,0 +1,81 @@
+"""The Dataset contract: a name, an image shape, and one split per normal class or category."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from robust_ad_bench.benchmark.errors import unknown_choice
+
+
+@dataclass
+class Split:
+    """One normal class (or category) of a dataset, ready for training and testing.
+
+    All images are float tensors in [0, 1] of shape N×C×H×W. ``test_labels`` is 0 for normal and 1 for
+    anomaly. ``test_masks`` (N×H×W, bool) exists where the dataset has pixel ground truth.
+    ``anomalies`` are a few labelled anomalies (kept out of the test set) for methods with
+    ``needs_anomalies``; ``test_defects`` names the kind of each test anomaly ("" for normals).
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+    test_masks: torch.Tensor | None = None
+    test_defects: list[str] | None = None
+    anomalies: torch.Tensor | None = None
+    anomaly_masks: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.test)
+        if len(self.test_labels) != n:
+            raise ValueError(f"{n} test images but {len(self.test_labels)} labels")
+        if self.test_masks is not None and self.test_masks.shape[0] != n:
+            raise ValueError(f"{n} test images but {self.test_masks.shape[0]} masks")
+
+
+@dataclass
+class TrainSet:
+    """What a detector's ``fit`` receives: normal images and, for supervised methods, a few anomalies."""
+
+    images: torch.Tensor
+    anomalies: torch.Tensor | None = None
+    anomaly_masks: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class Dataset:
+    """Base class of datasets. Subclasses set the class attributes and implement ``split``.
+
+    A dataset must be deterministic given ``seed``: the same (class, seed) gives the same tensors.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"  # bump when the data a split yields changes (part of the job key)
+    image_shape: ClassVar[tuple[int, int, int]] = (1, 8, 8)
+    # eps values of the default grid, per norm, in pixel units ([0, 1] images)
+    default_eps: ClassVar[dict[str, tuple[float, ...]]] = {"linf": (8 / 255,), "l2": (0.5,)}
+
+    def classes(self) -> list[str]:
+        """The normal classes or categories, as strings (CLI ``--classes`` picks among them)."""
+        raise NotImplementedError
+
+    def split(self, normal_class: str, seed: int) -> Split:
+        raise NotImplementedError
+
+    def check_class(self, normal_class: str) -> str:
+        normal_class = str(normal_class)
+        valid = self.classes()
+        if normal_class not in valid:
+            raise unknown_choice(f"class of dataset '{self.name}'", normal_class, valid)
+        return normal_class
+
+
+def seeded_generator(*parts: object) -> torch.Generator:
+    """A torch generator seeded from ``parts`` with a stable hash (Python's ``hash`` of str is salted)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))

@@ -1,0 +1,68 @@
+"""scikit-learn's 8×8 handwritten digits, one digit normal and the other nine anomalous."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from robust_ad_bench.benchmark.registry import register_dataset
+from robust_ad_bench.datasets.base import Dataset, Split, seeded_generator
+
+TRAIN_FRACTION = 2 / 3
+ANOMALIES_PER_DIGIT = 30
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 images (N×1×8×8 float32 in [0, 1]) and their digit labels; loaded once per process."""
+    from sklearn.datasets import load_digits  # sklearn import is slow; only pay for it when used
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)
+    targets = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    return images, targets
+
+
+@register_dataset("digits")
+class Digits(Dataset):
+    """8×8 handwritten digits (scikit-learn), one digit vs the rest; tiny, for smoke tests."""
+
+    version = "1"
+    image_shape = (1, 8, 8)
+    default_eps = {"linf": (4 / 255, 8 / 255), "l2": (0.25, 0.5)}
+
+    def classes(self) -> list[str]:
+        return [str(d) for d in range(10)]
+
+    def split(self, normal_class: str, seed: int) -> Split:
+        normal_class = self.check_class(normal_class)
+        digit = int(normal_class)
+        images, targets = _load()
+        g = seeded_generator("digits", seed, normal_class)
+
+        normal_idx = torch.nonzero(targets == digit).flatten()
+        normal_idx = normal_idx[torch.randperm(len(normal_idx), generator=g)]
+        n_train = round(len(normal_idx) * TRAIN_FRACTION)
+        train_idx, test_normal_idx = normal_idx[:n_train], normal_idx[n_train:]
+
+        # the same number of each other digit, so no single digit dominates the anomaly score
+        anomaly_idx, defects = [], []
+        for other in range(10):
+            if other == digit:
+                continue
+            idx = torch.nonzero(targets == other).flatten()
+            anomaly_idx.append(idx[torch.randperm(len(idx), generator=g)[:ANOMALIES_PER_DIGIT]])
+            defects += [f"digit-{other}"] * ANOMALIES_PER_DIGIT
+        anomaly_idx_t = torch.cat(anomaly_idx)
+
+        n_normal, n_anomalous = len(test_normal_idx), len(anomaly_idx_t)
+        test = torch.cat([images[test_normal_idx], images[anomaly_idx_t]])
+        labels = torch.cat([torch.zeros(n_normal), torch.ones(n_anomalous)]).float()
+        return Split(
+            train=images[train_idx].clone(),
+            test=test,
+            test_labels=labels,
+            test_defects=[""] * n_normal + defects,
+        )

@@ -1,0 +1,134 @@
+"""The Detector contract that every method implements (PyOD-like: ``fit``, then ``score``).
+
+- ``fit(train)`` trains on normal images (and, with ``needs_anomalies``, a few labelled anomalies).
+- ``score(x) -> Tensor[N]``: higher means more anomalous, differentiable with respect to ``x``.
+  ``x`` is always a float tensor in [0, 1], N×C×H×W; normalization happens inside (``normalize``),
+  so every eps is in pixel units and means the same for all methods.
+- ``anomaly_map(x) -> Tensor[N, H, W]`` (optional) for pixel metrics.
+- Flags read by the attack suite: ``stochastic``, ``purifies``, ``needs_anomalies``, ``certifiable``.
+- Hyper-parameters are the fields of the ``Config`` dataclass; ``state_dict()`` restores a trained model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robust_ad_bench.benchmark.params import build_config
+from robust_ad_bench.datasets.base import TrainSet
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
+
+
+@dataclass
+class DetectorConfig:
+    """Base of method configs. Subclasses add their hyper-parameters as fields with defaults."""
+
+
+class Detector(nn.Module):
+    """Base class of anomaly detectors (methods). Register subclasses with ``@register_method``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"  # bump when a change alters results: part of the job key
+    Config: ClassVar[type] = DetectorConfig
+    stochastic: ClassVar[bool] = False  # score has randomness: attacks use EOT
+    purifies: ClassVar[bool] = False  # non-differentiable or iterative preprocessing: BPDA
+    needs_anomalies: ClassVar[bool] = False  # fit uses a few labelled anomalies
+    certifiable: ClassVar[bool] = False  # supports randomized-smoothing certification
+    adversarially_trained: ClassVar[bool] = False  # trained against an attack (for the leaderboard)
+    hidden: ClassVar[bool] = False  # left out of ``--methods all`` (test doubles)
+
+    def __init__(self, image_shape: tuple[int, int, int], config: Any = None) -> None:
+        super().__init__()
+        if config is None or isinstance(config, dict):
+            config = build_config(self.Config, config, f"method '{self.name}'")
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        channels = self.image_shape[0]
+        self.register_buffer("input_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("input_std", torch.ones(1, channels, 1, 1))
+        self.progress: ProgressFn | None = None
+
+    # -- the contract ------------------------------------------------------------------------------
+    def fit(self, train: TrainSet) -> None:
+        raise NotImplementedError
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-pixel anomaly scores N×H×W, or None when the method has none."""
+        return None
+
+    @classmethod
+    def has_anomaly_map(cls) -> bool:
+        return cls.anomaly_map is not Detector.anomaly_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x)
+
+    # -- helpers for subclasses ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.input_mean.device
+
+    def set_input_stats(self, images: torch.Tensor) -> None:
+        """Per-channel mean and std of the training images, used by ``normalize``."""
+        dims = (0, 2, 3)
+        self.input_mean.copy_(images.mean(dims, keepdim=True))
+        self.input_std.copy_(images.std(dims, keepdim=True).clamp_min(1e-3))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_std
+
+    def report(self, done: int, total: int, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(done, total, message)
+
+    def train_loop(
+        self,
+        images: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float = 0.0,
+        params: list[nn.Parameter] | None = None,
+    ) -> list[float]:
+        """Adam over shuffled minibatches of ``images``; returns the mean loss of each epoch."""
+        images = images.to(self.device)
+        optimizer = torch.optim.Adam(params or list(self.parameters()), lr=lr, weight_decay=weight_decay)
+        history: list[float] = []
+        n = len(images)
+        for epoch in range(epochs):
+            self.train()
+            total, count = 0.0, 0
+            for idx in torch.randperm(n, device=images.device).split(batch_size):
+                loss = loss_fn(images[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            history.append(total / max(count, 1))
+            self.report(epoch + 1, epochs, f"loss {history[-1]:.4f}")
+        self.eval()
+        return history
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a ``state_dict``; buffers whose size is set by ``fit`` (feature banks) are resized."""
+        buffers = dict(self.named_buffers())
+        for key, value in state.items():
+            if key in buffers and buffers[key].shape != value.shape:
+                module_name, _, attr = key.rpartition(".")
+                module = self.get_submodule(module_name) if module_name else self
+                module._buffers[attr] = torch.empty_like(value, device=buffers[key].device)
+        self.load_state_dict(state)
+        self.eval()
