@@ -27,42 +27,43 @@ SEEDS = range(6)
 DECIMALS = [0, 1, 2, 8]
 
 
-@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("decimals", DECIMALS)
-def test_roc_curve_matches_sklearn(seed, decimals):
-    labels, scores = _data(seed, decimals=decimals)
-    fpr, tpr, thr = metrics.roc_curve(labels, scores)
-    sk_fpr, sk_tpr, sk_thr = skm.roc_curve(labels, scores, drop_intermediate=False)
-    np.testing.assert_allclose(fpr, sk_fpr)
-    np.testing.assert_allclose(tpr, sk_tpr)
-    assert np.isinf(thr[0]) and np.isinf(sk_thr[0])
-    np.testing.assert_allclose(thr[1:], sk_thr[1:])
-    assert (fpr[0], tpr[0]) == (0.0, 0.0)
-    assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
+def test_roc_curve_matches_sklearn(decimals):
+    for seed in SEEDS:
+        labels, scores = _data(seed, decimals=decimals)
+        fpr, tpr, thr = metrics.roc_curve(labels, scores)
+        sk_fpr, sk_tpr, sk_thr = skm.roc_curve(labels, scores, drop_intermediate=False)
+        np.testing.assert_allclose(fpr, sk_fpr)
+        np.testing.assert_allclose(tpr, sk_tpr)
+        assert np.isinf(thr[0]) and np.isinf(sk_thr[0])
+        np.testing.assert_allclose(thr[1:], sk_thr[1:])
+        assert (fpr[0], tpr[0]) == (0.0, 0.0)
+        assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("decimals", DECIMALS)
-def test_auroc_matches_sklearn_with_ties(seed, decimals):
-    labels, scores = _data(seed, decimals=decimals)
-    assert metrics.auroc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+def test_auroc_matches_sklearn_with_ties(decimals):
+    for seed in SEEDS:
+        labels, scores = _data(seed, decimals=decimals)
+        expected = skm.roc_auc_score(labels, scores)
+        assert metrics.auroc(labels, scores) == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("decimals", DECIMALS)
-def test_aupr_matches_average_precision(seed, decimals):
-    labels, scores = _data(seed, decimals=decimals)
-    expected = skm.average_precision_score(labels, scores)
-    assert metrics.aupr(labels, scores) == pytest.approx(expected, abs=1e-12)
+def test_aupr_matches_average_precision(decimals):
+    for seed in SEEDS:
+        labels, scores = _data(seed, decimals=decimals)
+        expected = skm.average_precision_score(labels, scores)
+        assert metrics.aupr(labels, scores) == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("decimals", DECIMALS)
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.95, 1.0])
-def test_fpr_at_tpr_matches_sklearn_roc_curve(seed, decimals, target):
-    labels, scores = _data(seed, decimals=decimals)
-    got = metrics.fpr_at_tpr(labels, scores, tpr=target)
-    assert got == pytest.approx(_sk_fpr_at_tpr(labels, scores, target), abs=1e-12)
+def test_fpr_at_tpr_matches_sklearn_roc_curve(decimals, target):
+    for seed in SEEDS:
+        labels, scores = _data(seed, decimals=decimals)
+        got = metrics.fpr_at_tpr(labels, scores, tpr=target)
+        assert got == pytest.approx(_sk_fpr_at_tpr(labels, scores, target), abs=1e-12)
 
 
 def test_fpr_at_tpr_exact_target_is_reached():

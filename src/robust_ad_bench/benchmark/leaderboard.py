@@ -59,21 +59,25 @@ def wide(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     return table
 
 
-def render(table: pd.DataFrame, console: Console, title: str = "Image AUROC (mean ± std)") -> None:
+def render(table: pd.DataFrame, console: Console, title: str = "Image AUROC") -> None:
+    """One rich table per dataset (columns are named "<dataset> <attack> [eps]")."""
     if table.empty:
         console.print("[yellow]no finished jobs to show[/yellow]")
         return
-    out = Table(title=title, show_lines=False)
-    out.add_column("method", style="bold")
-    for col in table.columns:
-        out.add_column(str(col), justify="right")
-    for method, row in table.iterrows():
-        cells = [str(v) for v in row.values]
-        cells[-1] = f"[red]{cells[-1]}[/red]" if row["failed"] else ""
-        out.add_row(str(method), *cells)
-    console.print(out)
-    console.print("AT: adversarially trained. Cells: mean ± std over normal classes and seeds; "
-                  "robust columns are the attack at that eps.")
+    metric_cols = [c for c in table.columns if c not in ("AT", "failed")]
+    for dataset in dict.fromkeys(c.split(" ", 1)[0] for c in metric_cols):
+        cols = [c for c in metric_cols if c.split(" ", 1)[0] == dataset]
+        out = Table(title=f"{title} on {dataset} (mean ± std over classes and seeds)")
+        out.add_column("method", style="bold", no_wrap=True)
+        out.add_column("AT")
+        for col in cols:
+            out.add_column(col.split(" ", 1)[1], justify="right", no_wrap=True)
+        out.add_column("failed", justify="right")
+        for method, row in table.iterrows():
+            failed = f"[red]{row['failed']}[/red]" if row["failed"] else ""
+            out.add_row(str(method), row["AT"], *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
+        console.print(out)
+    console.print("AT: adversarially trained. Robust columns: the attack at that eps, both classes attacked.")
 
 
 def to_markdown(table: pd.DataFrame) -> str:

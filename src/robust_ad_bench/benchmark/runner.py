@@ -157,7 +157,8 @@ class Runner:
             except Exception:  # a corrupt or outdated cache file: train again
                 path.unlink(missing_ok=True)
         seed_everything(job.train_key)
-        train = TrainSet(split.train.to(self.device))
+        dataset = DATASETS.get(job.dataset)
+        train = TrainSet(split.train.to(self.device), default_eps=dict(dataset.default_eps))
         if method.needs_anomalies and split.anomalies is not None:
             train.anomalies = split.anomalies.to(self.device)
             if split.anomaly_masks is not None:

@@ -44,7 +44,7 @@ class TrainSet:
     images: torch.Tensor
     anomalies: torch.Tensor | None = None
     anomaly_masks: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
+    default_eps: dict[str, tuple[float, ...]] = field(default_factory=dict)  # the dataset's attack budgets
 
 
 class Dataset:

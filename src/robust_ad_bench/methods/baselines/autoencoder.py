@@ -20,9 +20,9 @@ from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
 
 @dataclass
 class AEConfig:
-    width: int = 16
+    width: int = 8
     latent: int = 16
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-5
@@ -63,8 +63,8 @@ class AutoEncoder(Detector):
 
 @dataclass
 class AEATConfig(AEConfig):
-    train_eps: float = 8 / 255  # Linf budget of the training attack
-    train_steps: int = 5
+    train_eps: float | None = None  # Linf budget of the training attack; None: the dataset's largest
+    train_steps: int = 3
     adv_fraction: float = 0.5  # weight of the adversarial loss (the rest is the clean loss)
 
 
@@ -75,7 +75,12 @@ class AdversarialAutoEncoder(AutoEncoder):
     Config = AEATConfig
     adversarially_trained = True
 
+    def fit(self, train: TrainSet) -> None:
+        default = max(train.default_eps.get("linf", (8 / 255,)))
+        self.train_eps = self.config.train_eps if self.config.train_eps is not None else default
+        super().fit(train)
+
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
-        x_adv = pgd(self.score, x, eps=c.train_eps, norm="linf", steps=c.train_steps)
+        x_adv = pgd(self.score, x, eps=self.train_eps, norm="linf", steps=c.train_steps)
         return (1 - c.adv_fraction) * self.score(x).mean() + c.adv_fraction * self.score(x_adv).mean()

@@ -14,9 +14,9 @@ from robust_ad_bench.methods.nets import ConvEncoder
 
 @dataclass
 class DeepSVDDConfig:
-    width: int = 16
+    width: int = 8
     latent: int = 32
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-6
