@@ -23,6 +23,11 @@ EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm",
                   "key", "finished_at"]
 
 
+def table_console() -> Console:
+    """Stdout console for tables: wide when writing to a file or pipe, where wrapping helps nobody."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 class RichHooks(Hooks):
     """Two rich progress bars: the grid (jobs) and the training of the current model (epochs)."""
 
@@ -73,7 +78,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     methods = {j.method for j in runner.jobs}
     datasets = {j.dataset for j in runner.jobs}
     results = results[results["method"].isin(methods) & results["dataset"].isin(datasets)]
-    leaderboard.render(leaderboard.wide(results), Console())
+    leaderboard.render(leaderboard.wide(results), table_console())
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} job(s) failed[/red] (tracebacks in {cfg.out}/failures.log):")
         for job, message in summary.failed[:20]:
@@ -120,7 +125,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     with open_existing(args.out) as store:
         results = store.results()
-    leaderboard.render(leaderboard.wide(results), Console())
+    leaderboard.render(leaderboard.wide(results), table_console())
     ensure_writable(args.out)
     for path in leaderboard.write(results, args.out):
         console.print(f"wrote {path}")

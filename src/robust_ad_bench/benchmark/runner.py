@@ -148,6 +148,7 @@ class Runner:
     def _detector(self, job: Job, split: Split) -> tuple[torch.nn.Module, bool]:
         """The trained detector of a job: from the model cache, or fitted now and cached."""
         method = METHODS.get(job.method)
+        seed_everything(job.train_key)  # before construction: the initial weights come from it
         detector = method(tuple(split.train.shape[1:]), job.config["params"]).to(self.device)
         path = self._model_path(job.train_key)
         if path.is_file():
@@ -156,7 +157,6 @@ class Runner:
                 return detector, False
             except Exception:  # a corrupt or outdated cache file: train again
                 path.unlink(missing_ok=True)
-        seed_everything(job.train_key)
         dataset = DATASETS.get(job.dataset)
         train = TrainSet(split.train.to(self.device), default_eps=dict(dataset.default_eps))
         if method.needs_anomalies and split.anomalies is not None:

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny training budgets so the suite stays fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robust_ad_bench.benchmark.config import make_grid_config
+
+TINY_METHOD_PARAMS = {"ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3}}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def tiny_grid(out, **overrides):
+    """A small grid on two digit classes with tiny training budgets."""
+    options = dict(methods="knn,ae", datasets="digits", attacks="clean,pgd", eps="32/255",
+                   classes="0,1", out=str(out), device="cpu")
+    options.update(overrides)
+    cfg = make_grid_config(**options)
+    cfg.method_params = {**TINY_METHOD_PARAMS, **cfg.method_params}
+    return cfg
