@@ -106,6 +106,13 @@ def test_malformed_and_unknown_yaml(tmp_path, capsys):
     assert code == 2 and "cannot read config" in stderr
 
 
+def test_packaged_config_by_name(tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "run", "--config", "default", "--dry-run", "--out", str(tmp_path))
+    assert code == 0 and "textures" in stderr
+    code, _, stderr = run_cli(capsys, "run", "--config", "defualt", "--out", str(tmp_path))
+    assert code == 2 and "did you mean 'default'" in " ".join(stderr.split())
+
+
 def test_yaml_config_runs_with_params(tmp_path, capsys):
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(f"methods: [knn]\ndatasets: [digits]\nclasses: {{digits: ['4']}}\nattacks: [clean, pgd]\n"

@@ -84,8 +84,20 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The YAML configs shipped in ``robust_ad_bench/configs`` (default grid, paper protocols)."""
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file, or the name of a packaged config (``--config default``)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        packaged = packaged_configs()
+        if str(path) not in packaged:
+            raise unknown_choice("config (neither a file nor a packaged config)", path, packaged)
+        path = packaged[str(path)]
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:

@@ -86,7 +86,7 @@ def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
         handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in methods]
         handles += [Line2D([], [], color="black", ls=styles[a][0], marker=styles[a][1], label=a) for a in attacks]
         handles.append(Line2D([], [], color="grey", ls=":", label="chance"))
-        fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
+        fig.legend(handles=handles, loc="outside right center", fontsize="small", frameon=False)
         fig.suptitle(f"{dataset}: AUROC under attack (mean ± std over classes and seeds)")
         path = folder / f"auroc_vs_eps_{safe_name(str(dataset))}.png"
         fig.savefig(path, dpi=120)
