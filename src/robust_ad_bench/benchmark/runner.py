@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +82,15 @@ def seed_everything(key: str) -> None:
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([fn(b).detach().float().cpu() for b in x.split(SCORE_BATCH)]).numpy()
+
+
+def job_result(job: Job, status: str, **fields: Any) -> JobResult:
+    """A store row for ``job``: its identity from the job, the rest from ``fields``."""
+    return JobResult(
+        key=job.key, train_key=job.train_key, status=status, method=job.method, dataset=job.dataset,
+        normal_class=job.normal_class, seed=job.seed, attack=job.attack, norm=job.norm, eps=job.eps,
+        config=job.config, adversarially_trained=METHODS.get(job.method).adversarially_trained, **fields,
+    )
 
 
 class Runner:
@@ -187,23 +197,11 @@ class Runner:
         if split.test_masks is not None and detector.has_anomaly_map():
             maps = _batched(detector.anomaly_map, x_adv)
             result["pixel_auroc"] = metrics.pixel_auroc(split.test_masks.numpy(), maps)
-        return JobResult(
-            key=job.key, train_key=job.train_key, status="ok", method=job.method, dataset=job.dataset,
-            normal_class=job.normal_class, seed=job.seed, attack=job.attack, norm=job.norm, eps=job.eps,
-            config=job.config, metrics=result, n_test=len(labels),
-            adversarially_trained=bool(getattr(detector, "adversarially_trained", False)),
-            labels=labels, scores=scores,
-        )
+        return job_result(job, "ok", metrics=result, n_test=len(labels), labels=labels, scores=scores)
 
     def _record_failure(self, job: Job, message: str, seconds: float, store: Store,
                         summary: RunSummary) -> None:
-        method = METHODS.get(job.method)
-        store.put(JobResult(
-            key=job.key, train_key=job.train_key, status="failed", method=job.method, dataset=job.dataset,
-            normal_class=job.normal_class, seed=job.seed, attack=job.attack, norm=job.norm, eps=job.eps,
-            config=job.config, seconds=seconds, error=message,
-            adversarially_trained=bool(getattr(method, "adversarially_trained", False)),
-        ))
+        store.put(job_result(job, "failed", seconds=seconds, error=message))
         summary.failed.append((job, message))
         self.hooks.job_done(job, False)
 

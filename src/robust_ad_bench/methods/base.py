@@ -29,6 +29,16 @@ class DetectorConfig:
     """Base of method configs. Subclasses add their hyper-parameters as fields with defaults."""
 
 
+@dataclass
+class TrainConfig(DetectorConfig):
+    """Config of methods trained by ``Detector.train_loop`` (Adam over shuffled minibatches)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
 class Detector(nn.Module):
     """Base class of anomaly detectors (methods). Register subclasses with ``@register_method``."""
 
@@ -94,16 +104,14 @@ class Detector(nn.Module):
         self,
         images: torch.Tensor,
         loss_fn: Callable[[torch.Tensor], torch.Tensor],
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        weight_decay: float = 0.0,
         params: list[nn.Parameter] | None = None,
     ) -> list[float]:
-        """Adam over shuffled minibatches of ``images``; returns the mean loss of each epoch."""
+        """Adam over shuffled minibatches of ``images`` with the ``TrainConfig`` fields of the method's
+        config; returns the mean loss of each epoch."""
+        c: TrainConfig = self.config
+        epochs, batch_size = c.epochs, c.batch_size
         images = images.to(self.device)
-        optimizer = torch.optim.Adam(params or list(self.parameters()), lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.Adam(params or list(self.parameters()), lr=c.lr, weight_decay=c.weight_decay)
         history: list[float] = []
         n = len(images)
         for epoch in range(epochs):

@@ -14,16 +14,14 @@ import torch
 from robust_ad_bench.attacks.gradient import pgd
 from robust_ad_bench.benchmark.registry import register_method
 from robust_ad_bench.datasets.base import TrainSet
-from robust_ad_bench.methods.base import Detector
+from robust_ad_bench.methods.base import Detector, TrainConfig
 from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
 
 
 @dataclass
-class AEConfig:
+class AEConfig(TrainConfig):
     width: int = 8
     latent: int = 16
-    epochs: int = 30
-    batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-5
 
@@ -55,10 +53,8 @@ class AutoEncoder(Detector):
         return self.score(x).mean()
 
     def fit(self, train: TrainSet) -> None:
-        c = self.config
         self.set_input_stats(train.images.to(self.device))
-        self.train_loop(train.images, self.training_loss, epochs=c.epochs, batch_size=c.batch_size,
-                        lr=c.lr, weight_decay=c.weight_decay)
+        self.train_loop(train.images, self.training_loss)
 
 
 @dataclass

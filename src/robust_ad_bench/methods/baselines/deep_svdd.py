@@ -8,17 +8,14 @@ import torch
 
 from robust_ad_bench.benchmark.registry import register_method
 from robust_ad_bench.datasets.base import TrainSet
-from robust_ad_bench.methods.base import Detector
+from robust_ad_bench.methods.base import Detector, TrainConfig
 from robust_ad_bench.methods.nets import ConvEncoder
 
 
 @dataclass
-class DeepSVDDConfig:
+class DeepSVDDConfig(TrainConfig):
     width: int = 8
     latent: int = 32
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
     weight_decay: float = 1e-6
 
 
@@ -38,7 +35,6 @@ class DeepSVDD(Detector):
         return (self.encoder(self.normalize(x)) - self.center).pow(2).sum(1)
 
     def fit(self, train: TrainSet) -> None:
-        c = self.config
         images = train.images.to(self.device)
         self.set_input_stats(images)
         with torch.no_grad():
@@ -47,5 +43,4 @@ class DeepSVDD(Detector):
             center[(center.abs() < 0.1) & (center < 0)] = -0.1
             center[(center.abs() < 0.1) & (center >= 0)] = 0.1
             self.center.copy_(center)
-        self.train_loop(images, lambda x: self.score(x).mean(), epochs=c.epochs, batch_size=c.batch_size,
-                        lr=c.lr, weight_decay=c.weight_decay)
+        self.train_loop(images, lambda x: self.score(x).mean())
