@@ -32,6 +32,9 @@ def test_end_to_end_run_leaderboard_export_plot(tmp_path, capsys):
     for ext in ("csv", "md", "tex"):
         assert (Path(out) / f"leaderboard.{ext}").stat().st_size > 0
     assert "$\\pm$" in (Path(out) / "leaderboard.tex").read_text()
+    code, stdout, _ = run_cli(capsys, "leaderboard", "--out", out, "--metric", "fpr95")
+    assert code == 0 and "FPR at 95% TPR on digits" in stdout
+    assert (Path(out) / "leaderboard_fpr95.md").is_file()
 
     code, _, _ = run_cli(capsys, "export", "--out", out, "--format", "csv")
     assert code == 0
@@ -83,6 +86,7 @@ def test_list(capsys):
         (["run", "--methods", "knn", "--device", "tpu"], "unknown device 'tpu'"),
         (["list", "method"], "unknown kind 'method'"),
         (["export", "--format", "xls"], "unknown export format 'xls'"),
+        (["leaderboard", "--metric", "pixel-auroc"], "did you mean 'pixel_auroc'"),
         (["run", "--plugin", "nowhere.py"], "is not a Python file"),
     ],
 )

@@ -125,9 +125,9 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     with open_existing(args.out) as store:
         results = store.results()
-    leaderboard.render(leaderboard.wide(results), table_console())
+    leaderboard.render(leaderboard.wide(results, args.metric), table_console(), args.metric)
     ensure_writable(args.out)
-    for path in leaderboard.write(results, args.out):
+    for path in leaderboard.write(results, args.out, args.metric):
         console.print(f"wrote {path}")
     return 0
 
@@ -181,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", parents=[common], help="list registered methods, attacks or datasets")
     lst.add_argument("kind", nargs="?", help="methods, attacks or datasets (default: all three)")
 
-    for name, text in (("leaderboard", "print the leaderboard and write CSV, Markdown and LaTeX"),
-                       ("plot", "write PNG plots: AUROC against eps, score histograms")):
-        p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("--out", default="results", help="results folder (default: results)")
+    board = sub.add_parser("leaderboard", parents=[common],
+                           help="print the leaderboard and write CSV, Markdown and LaTeX")
+    board.add_argument("--out", default="results", help="results folder (default: results)")
+    board.add_argument("--metric", default="auroc", help=f"{', '.join(leaderboard.METRICS)} (default: auroc)")
+    plot = sub.add_parser("plot", parents=[common], help="write PNG plots: AUROC against eps, score histograms")
+    plot.add_argument("--out", default="results", help="results folder (default: results)")
     exp = sub.add_parser("export", parents=[common], help="write one row per job")
     exp.add_argument("--out", default="results", help="results folder (default: results)")
     exp.add_argument("--format", default="csv", help="csv or json (default: csv)")
@@ -202,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list" and args.kind and args.kind not in REGISTRIES:
             raise unknown_choice("kind", args.kind, REGISTRIES)
+        if args.command == "leaderboard" and args.metric not in leaderboard.METRICS:
+            raise unknown_choice("metric", args.metric, leaderboard.METRICS)
         if args.command == "export" and args.format not in ("csv", "json"):
             raise unknown_choice("export format", args.format, ("csv", "json"))
         for path in args.plugin:

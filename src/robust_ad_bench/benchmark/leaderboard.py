@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
+METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC"}
 
 
 def eps_label(eps: float, norm: str) -> str:
@@ -36,6 +37,7 @@ def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
         return pd.DataFrame(columns=[*GROUP, "mean", "std", "n"])
     table = ok.groupby(GROUP, sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
     table = table.rename(columns={"count": "n"})
+    table = table[table["n"] > 0]  # e.g. pixel AUROC of datasets without masks
     table["std"] = table["std"].fillna(0.0)  # a single run has no spread
     # clean first, then attacks by name and eps, within each dataset
     table["_order"] = (table["norm"] != "none").astype(int)
@@ -48,7 +50,9 @@ def wide(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     if long.empty:
         return pd.DataFrame()
     long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],
-                       cell=[f"{m:.3f} ± {s:.3f}" for m, s in long[["mean", "std"]].values])
+                       # one run has no spread: show the bare number rather than a fake ± 0
+                       cell=[f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
+                             for m, s, n in long[["mean", "std", "n"]].values])
     table = long.pivot(index="method", columns="column", values="cell")
     table = table[list(dict.fromkeys(long["column"]))].fillna("–")
     at = results.groupby("method")["adversarially_trained"].any()
@@ -59,7 +63,7 @@ def wide(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     return table
 
 
-def render(table: pd.DataFrame, console: Console, title: str = "Image AUROC") -> None:
+def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None:
     """One rich table per dataset (columns are named "<dataset> <attack> [eps]")."""
     if table.empty:
         console.print("[yellow]no finished jobs to show[/yellow]")
@@ -67,7 +71,7 @@ def render(table: pd.DataFrame, console: Console, title: str = "Image AUROC") ->
     metric_cols = [c for c in table.columns if c not in ("AT", "failed")]
     for dataset in dict.fromkeys(c.split(" ", 1)[0] for c in metric_cols):
         cols = [c for c in metric_cols if c.split(" ", 1)[0] == dataset]
-        out = Table(title=f"{title} on {dataset} (mean ± std over classes and seeds)")
+        out = Table(title=f"{METRICS[metric]} on {dataset} (mean ± std over classes and seeds)")
         out.add_column("method", style="bold", no_wrap=True)
         out.add_column("AT")
         for col in cols:
@@ -102,12 +106,14 @@ def to_latex(table: pd.DataFrame) -> str:
                       *rows, r"\bottomrule", r"\end{tabular}", ""])
 
 
-def write(results: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide)."""
+def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc") -> list[Path]:
+    """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide); other metrics
+    than AUROC go to leaderboard_<metric>.*."""
     folder = Path(folder)
-    table = wide(results)
-    paths = [folder / f"leaderboard.{ext}" for ext in ("csv", "md", "tex")]
-    summarize(results).to_csv(paths[0], index=False)
+    table = wide(results, metric)
+    stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
+    paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
+    summarize(results, metric).to_csv(paths[0], index=False)
     paths[1].write_text(to_markdown(table) if not table.empty else "no finished jobs\n")
     paths[2].write_text(to_latex(table) if not table.empty else "% no finished jobs\n")
     return paths

@@ -1,0 +1,57 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from robust_ad_bench.benchmark import leaderboard
+
+
+def frame(rows):
+    base = {"status": "ok", "norm": "linf", "adversarially_trained": False, "pixel_auroc": np.nan}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+RESULTS = frame([
+    {"method": "a", "dataset": "d", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0, "auroc": 0.9},
+    {"method": "a", "dataset": "d", "normal_class": "1", "attack": "clean", "norm": "none", "eps": 0.0, "auroc": 0.7},
+    {"method": "a", "dataset": "d", "normal_class": "0", "attack": "pgd", "eps": 8 / 255, "auroc": 0.4},
+    {"method": "a", "dataset": "d", "normal_class": "1", "attack": "pgd", "eps": 8 / 255, "auroc": 0.2},
+    {"method": "b", "dataset": "d", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0, "auroc": 0.8,
+     "adversarially_trained": True},
+    {"method": "b", "dataset": "d", "normal_class": "1", "attack": "pgd", "eps": 8 / 255, "auroc": None,
+     "status": "failed"},
+])
+
+
+def test_summary_is_mean_and_std_over_classes():
+    long = leaderboard.summarize(RESULTS)
+    row = long[(long["method"] == "a") & (long["attack"] == "clean")].iloc[0]
+    assert row["mean"] == pytest.approx(0.8) and row["std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
+    assert row["n"] == 2
+    assert list(long["attack"][long["method"] == "a"]) == ["clean", "pgd"]  # clean first
+
+
+def test_wide_table_cells_flags_and_failures():
+    table = leaderboard.wide(RESULTS)
+    assert list(table.columns) == ["AT", "d clean", "d pgd 8/255", "failed"]
+    assert table.loc["a", "d clean"] == "0.800 ± 0.141"
+    assert table.loc["b", "d clean"] == "0.800"  # one run: no fake ± 0
+    assert table.loc["b", "d pgd 8/255"] == "–"
+    assert table.loc["b", "AT"] == "yes" and table.loc["b", "failed"] == 1 and table.loc["a", "failed"] == 0
+
+
+def test_markdown_and_latex():
+    table = leaderboard.wide(RESULTS)
+    md = leaderboard.to_markdown(table)
+    assert md.splitlines()[0] == "| method | AT | d clean | d pgd 8/255 | failed |"
+    tex = leaderboard.to_latex(table)
+    assert r"\begin{tabular}{lrrrr}" in tex and r"0.800 $\pm$ 0.141" in tex
+
+
+def test_metric_without_values_is_left_out():
+    assert leaderboard.summarize(RESULTS, "pixel_auroc").empty
+    assert leaderboard.wide(RESULTS, "pixel_auroc").empty
+
+
+@pytest.mark.parametrize("eps,norm,label", [(8 / 255, "linf", "8/255"), (0.5, "l2", "0.5"), (0.0, "none", "0")])
+def test_eps_label(eps, norm, label):
+    assert leaderboard.eps_label(eps, norm) == label
