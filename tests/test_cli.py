@@ -62,15 +62,15 @@ def test_failing_plugin_gives_exit_status_1_and_summary(tmp_path, capsys):
 def test_dry_run_prints_the_grid_and_computes_nothing(tmp_path, capsys):
     code, stdout, stderr = run_cli(capsys, "run", "--methods", "all", "--dry-run", "--out", str(tmp_path))
     assert code == 0
-    assert "grid:" in stderr and "textures" in stderr and "deep-svdd" in stderr
+    assert "grid:" in stdout and "textures" in stdout and "deep-svdd" in stdout
     assert not (tmp_path / "results.sqlite").exists()
 
 
 def test_list(capsys):
-    code, _, stderr = run_cli(capsys, "list", "methods")
-    assert code == 0 and "ae-at" in stderr and "adversarially" in stderr
-    code, _, stderr = run_cli(capsys, "list")
-    assert code == 0 and "pgd-l2" in stderr and "textures" in stderr
+    code, stdout, _ = run_cli(capsys, "list", "methods")
+    assert code == 0 and "ae-at" in stdout and "adversarially" in stdout
+    code, stdout, _ = run_cli(capsys, "list")
+    assert code == 0 and "pgd-l2" in stdout and "textures" in stdout
 
 
 @pytest.mark.parametrize(
@@ -111,8 +111,8 @@ def test_malformed_and_unknown_yaml(tmp_path, capsys):
 
 
 def test_packaged_config_by_name(tmp_path, capsys):
-    code, _, stderr = run_cli(capsys, "run", "--config", "default", "--dry-run", "--out", str(tmp_path))
-    assert code == 0 and "textures" in stderr
+    code, stdout, _ = run_cli(capsys, "run", "--config", "default", "--dry-run", "--out", str(tmp_path))
+    assert code == 0 and "textures" in stdout
     code, _, stderr = run_cli(capsys, "run", "--config", "defualt", "--out", str(tmp_path))
     assert code == 2 and "did you mean 'default'" in " ".join(stderr.split())
 

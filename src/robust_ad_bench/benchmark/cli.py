@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         if Path(cfg.out, "results.sqlite").is_file():
             with Store(cfg.out) as store:
                 pending = runner.pending(store)
-        print_grid(runner.jobs, {j.key for j in pending}, console)
+        print_grid(runner.jobs, {j.key for j in pending}, table_console())
         return 0
     ensure_writable(cfg.out)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -110,6 +110,7 @@ def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    console = table_console()
     kinds = [args.kind] if args.kind else list(REGISTRIES)
     for kind in kinds:
         table = Table(title=kind)

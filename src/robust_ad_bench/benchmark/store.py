@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,11 +93,9 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def finished_keys(self, keys: Iterable[str] | None = None) -> set[str]:
+    def finished_keys(self) -> set[str]:
         """Keys of jobs finished successfully (failed jobs are retried by the next run)."""
-        rows = self.conn.execute("SELECT key FROM results WHERE status = 'ok'").fetchall()
-        done = {r[0] for r in rows}
-        return done if keys is None else done & set(keys)
+        return {r[0] for r in self.conn.execute("SELECT key FROM results WHERE status = 'ok'")}
 
     def put(self, result: JobResult) -> None:
         """Insert or replace one job and its scores in a single transaction."""
