@@ -23,6 +23,12 @@ LINESTYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))  # ":" is kept for the c
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def safe_name(name: str) -> str:
     """File-name-safe version of ``name``: characters outside [A-Za-z0-9._-] become ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
@@ -88,10 +94,7 @@ def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
         handles.append(Line2D([], [], color="grey", ls=":", label="chance"))
         fig.legend(handles=handles, loc="outside right center", fontsize="small", frameon=False)
         fig.suptitle(f"{dataset}: AUROC under attack (mean ± std over classes and seeds)")
-        path = folder / f"auroc_vs_eps_{safe_name(str(dataset))}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, folder / f"auroc_vs_eps_{safe_name(str(dataset))}.png"))
     return paths
 
 
@@ -152,10 +155,7 @@ def plot_score_histograms(store: Store, results: pd.DataFrame, folder: Path) -> 
         _panel(axes[1], attacked_data, bins, attacked_title)
         axes[0].set_ylabel("density")
         fig.suptitle(f"{dataset} / {method}: test scores (normal class {normal_class}, seed {seed})")
-        path = folder / f"scores_{safe_name(str(dataset))}_{safe_name(str(method))}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, folder / f"scores_{safe_name(str(dataset))}_{safe_name(str(method))}.png"))
     return paths
 
 
