@@ -43,6 +43,8 @@ def test_second_run_computes_nothing_and_models_are_cached(tmp_path):
         results = store.results()
         assert len(results) == 12 and results["key"].is_unique
         assert (results["status"] == "ok").all()
+        assert (results["auroc_ci_low"] <= results["auroc"]).all()
+        assert (results["auroc"] <= results["auroc_ci_high"]).all()
         labels, scores = store.scores(results["key"].iloc[0])
         assert len(labels) == len(scores) == results["n_test"].iloc[0]
 

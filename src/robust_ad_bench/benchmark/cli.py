@@ -18,9 +18,9 @@ from robust_ad_bench.benchmark.registry import REGISTRIES, load_plugin_file
 from robust_ad_bench.benchmark.runner import Hooks, Runner, ensure_writable
 from robust_ad_bench.benchmark.store import Store, open_existing
 
-EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "aupr",
-                  "fpr95", "pixel_auroc", "status", "error", "adversarially_trained", "n_test", "seconds",
-                  "key", "finished_at"]
+EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
+                  "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",
+                  "n_test", "seconds", "key", "finished_at"]
 
 
 def table_console() -> Console:

@@ -29,6 +29,7 @@ from robust_ad_bench.benchmark.store import JobResult, Store
 from robust_ad_bench.datasets.base import Split, TrainSet
 
 SCORE_BATCH = 512
+BOOTSTRAP_ROUNDS = 200  # 95 % CI of each job's AUROC, for single runs (the evaluation protocol)
 
 
 @dataclass
@@ -194,6 +195,8 @@ class Runner:
         scores = _batched(detector.score, x_adv)
         labels = split.test_labels.numpy().astype(np.uint8)
         result = metrics.image_metrics(labels, scores)
+        result["auroc_ci_low"], result["auroc_ci_high"] = metrics.bootstrap_ci(
+            labels, scores, n=BOOTSTRAP_ROUNDS, seed=int(job.key[:8], 16))
         if split.test_masks is not None and detector.has_anomaly_map():
             maps = _batched(detector.anomaly_map, x_adv)
             result["pixel_auroc"] = metrics.pixel_auroc(split.test_masks.numpy(), maps)

@@ -22,15 +22,16 @@ SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
 RESULT_COLUMNS = (
     "key", "train_key", "status", "method", "dataset", "normal_class", "seed", "attack", "norm", "eps",
-    "auroc", "aupr", "fpr95", "pixel_auroc", "n_test", "seconds", "error", "adversarially_trained",
-    "config", "finished_at",
+    "auroc", "auroc_ci_low", "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "n_test", "seconds", "error",
+    "adversarially_trained", "config", "finished_at",
 )
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY, train_key TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     method TEXT NOT NULL, dataset TEXT NOT NULL, normal_class TEXT NOT NULL, seed INTEGER NOT NULL,
     attack TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL,
-    auroc REAL, aupr REAL, fpr95 REAL, pixel_auroc REAL, n_test INTEGER, seconds REAL, error TEXT,
+    auroc REAL, auroc_ci_low REAL, auroc_ci_high REAL, aupr REAL, fpr95 REAL, pixel_auroc REAL,
+    n_test INTEGER, seconds REAL, error TEXT,
     adversarially_trained INTEGER NOT NULL DEFAULT 0, config TEXT NOT NULL,
     finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
 );
@@ -103,7 +104,8 @@ class Store:
         row = (
             result.key, result.train_key, result.status, result.method, result.dataset,
             str(result.normal_class), result.seed, result.attack, result.norm, float(result.eps),
-            m.get("auroc"), m.get("aupr"), m.get("fpr95"), m.get("pixel_auroc"), result.n_test,
+            m.get("auroc"), m.get("auroc_ci_low"), m.get("auroc_ci_high"), m.get("aupr"), m.get("fpr95"),
+            m.get("pixel_auroc"), result.n_test,
             result.seconds, result.error, int(result.adversarially_trained),
             json.dumps(result.config, sort_keys=True),
         )
