@@ -103,11 +103,6 @@ class Clean(Attack):
 
 
 @dataclass
-class FGSMConfig(AttackConfig):
-    pass
-
-
-@dataclass
 class PGDConfig(AttackConfig):
     steps: int = 10  # 10 for quick runs, 100 for final tables
     restarts: int = 1
@@ -128,7 +123,6 @@ class _GradientAttack(Attack):
 class FGSM(_GradientAttack):
     """Fast gradient sign method (Linf): one step of size eps on the score."""
 
-    Config = FGSMConfig
     norm = "linf"
 
     def perturb_batch(self, detector, x, y, eps):

@@ -16,7 +16,7 @@ from robust_ad_bench.benchmark.config import Job, make_grid_config
 from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
 from robust_ad_bench.benchmark.registry import REGISTRIES, load_plugin_file
 from robust_ad_bench.benchmark.runner import Hooks, Runner, ensure_writable
-from robust_ad_bench.benchmark.store import Store, open_existing
+from robust_ad_bench.benchmark.store import STORE_FILE, Store, open_existing
 
 EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
                   "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",
@@ -58,18 +58,18 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         args.config, methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
         seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
     )
+    runner = Runner(cfg)  # validates every name and parameter before anything runs
     if args.dry_run:
-        runner = Runner(cfg)
         pending = runner.jobs
-        if Path(cfg.out, "results.sqlite").is_file():
+        if Path(cfg.out, STORE_FILE).is_file():
             with Store(cfg.out) as store:
                 pending = runner.pending(store)
         print_grid(runner.jobs, {j.key for j in pending}, table_console())
         return 0
-    ensure_writable(cfg.out)
+    ensure_writable(cfg.out)  # before the progress display starts
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
-        runner = Runner(cfg, RichHooks(progress))
+        runner.hooks = RichHooks(progress)
         summary = runner.run()
     console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
                   f"store, {len(summary.failed)} failed; {summary.trained} models trained")

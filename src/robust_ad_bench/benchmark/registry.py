@@ -100,10 +100,6 @@ class Registry(Generic[T]):
         self._load()
         return name in self._classes
 
-    def unregister(self, name: str) -> None:
-        """Remove a plugin (tests register throw-away plugins)."""
-        self._classes.pop(name, None)
-
 
 METHODS: Registry[Any] = Registry("method", "robust_ad_bench.methods")
 ATTACKS: Registry[Any] = Registry("attack", "robust_ad_bench.attacks")

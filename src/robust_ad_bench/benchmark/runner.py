@@ -72,9 +72,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def key_seed(key: str) -> int:
+    """A seed derived from a job key (a hex digest)."""
+    return int(key[:8], 16)
+
+
 def seed_everything(key: str) -> None:
     """Seed torch, numpy and random from a job key, so each job is repeatable on its own."""
-    seed = int(key[:8], 16)
+    seed = key_seed(key)
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -196,7 +201,7 @@ class Runner:
         labels = split.test_labels.numpy().astype(np.uint8)
         result = metrics.image_metrics(labels, scores)
         result["auroc_ci_low"], result["auroc_ci_high"] = metrics.bootstrap_ci(
-            labels, scores, n=BOOTSTRAP_ROUNDS, seed=int(job.key[:8], 16))
+            labels, scores, n=BOOTSTRAP_ROUNDS, seed=key_seed(job.key))
         if split.test_masks is not None and detector.has_anomaly_map():
             maps = _batched(detector.anomaly_map, x_adv)
             result["pixel_auroc"] = metrics.pixel_auroc(split.test_masks.numpy(), maps)
