@@ -7,7 +7,8 @@ from robust_ad_bench.benchmark import leaderboard
 
 def frame(rows):
     base = {"status": "ok", "norm": "linf", "adversarially_trained": False, "pixel_auroc": np.nan}
-    return pd.DataFrame([{**base, **r} for r in rows])
+    rows = [{**base, "train_key": f"{r['method']}-{r['dataset']}-{r['normal_class']}", **r} for r in rows]
+    return pd.DataFrame(rows)
 
 
 RESULTS = frame([
@@ -55,3 +56,18 @@ def test_metric_without_values_is_left_out():
 @pytest.mark.parametrize("eps,norm,label", [(8 / 255, "linf", "8/255"), (0.5, "l2", "0.5"), (0.0, "none", "0")])
 def test_eps_label(eps, norm, label):
     assert leaderboard.eps_label(eps, norm) == label
+
+
+def test_worst_case_column_names_the_attack_and_carries_flags():
+    extra = frame([
+        {"method": "a", "dataset": "d", "normal_class": "0", "attack": "square", "eps": 8 / 255, "auroc": 0.3},
+        {"method": "a", "dataset": "d", "normal_class": "1", "attack": "square", "eps": 8 / 255, "auroc": 0.5},
+    ])
+    results = pd.concat([RESULTS, extra], ignore_index=True)
+    checks = pd.DataFrame([{"method": "a", "dataset": "d", "attack": "pgd", "name": "black-box", "passed": False}])
+    table = leaderboard.wide(results, checks=checks)
+    # per class: min(0.4, 0.3) = 0.3 by square, min(0.2, 0.5) = 0.2 by pgd; mean 0.25
+    worst = table.loc["a", "d worst-linf 8/255"]
+    assert worst.startswith("0.250 ± 0.071") and "!B" in worst
+    assert table.loc["a", "d pgd 8/255"].endswith("!B")
+    assert leaderboard.flag_legend(table) == [f"!B: {leaderboard.FLAG_LEGEND['B']}"]

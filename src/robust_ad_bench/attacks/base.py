@@ -2,7 +2,8 @@
 
 ``y`` is 0 for normal and 1 for anomaly. The attacker wants the detector to be wrong: raise the score of
 normal images and lower the score of anomalies, i.e. maximize ``score(x) * (1 - 2y)`` inside the eps-ball
-and [0, 1]. An attack knows a detector only through ``score`` and its class flags.
+and [0, 1]. An attack knows a detector only through ``score`` and its class flags; the adaptive parts
+(EOT for ``stochastic`` scores, BPDA for non-differentiable purifiers) come from ``attacks.adaptive``.
 """
 
 from __future__ import annotations
@@ -12,20 +13,38 @@ from typing import Any, ClassVar
 
 import torch
 
-from robust_ad_bench.benchmark.errors import BenchError
+from robust_ad_bench.attacks.adaptive import GRADIENT_MODES, ScoreFn, attack_score, describe_adaptive
+from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
 from robust_ad_bench.benchmark.params import build_config
 
 NORMS = ("linf", "l2", "none")
+TARGETS = ("both", "normal", "anomaly")  # which test images the attacker perturbs
 
 
 @dataclass
 class AttackConfig:
     batch_size: int = 256  # images attacked at once
+    target: str = "both"  # both (the protocol's default), normal (only normals), anomaly (only anomalies)
+    eot_samples: int = 8  # draws averaged per gradient when the detector is ``stochastic`` (EOT)
+    gradient: str = "auto"  # auto, full (through the purifier), bpda (identity/surrogate backward)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise unknown_choice("attack target", self.target, TARGETS)
+        if self.gradient not in GRADIENT_MODES:
+            raise unknown_choice("attack gradient mode", self.gradient, GRADIENT_MODES)
+        if self.eot_samples < 1:
+            raise BenchError(f"eot_samples must be >= 1, got {self.eot_samples}")
+        if self.batch_size < 1:
+            raise BenchError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def attack_objective(detector: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample value the attacker maximizes: the score of normals, minus the score of anomalies."""
-    return detector.score(x) * (1.0 - 2.0 * y.to(x.dtype))
+def attack_objective(score: ScoreFn | Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample value the attacker maximizes: the score of normals, minus the score of anomalies.
+
+    ``score`` is a score function or a detector (then its plain ``score`` is used)."""
+    fn = score.score if hasattr(score, "score") else score
+    return fn(x) * (1.0 - 2.0 * y.to(x.dtype))
 
 
 class Attack:
@@ -33,30 +52,49 @@ class Attack:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    version: ClassVar[str] = "1"  # bump when a change alters results: part of the job key
+    version: ClassVar[str] = "2"  # bump when a change alters results: part of the job key
     norm: ClassVar[str] = "linf"  # threat model: "linf", "l2", or "none" (clean)
     Config: ClassVar[type] = AttackConfig
+    black_box: ClassVar[bool] = False  # uses forward passes only
 
     def __init__(self, config: Any = None) -> None:
         if config is None or isinstance(config, dict):
             config = build_config(self.Config, config, f"attack '{self.name}'")
         self.config = config
 
+    def calibrate(self, detector: Any, train_images: torch.Tensor) -> None:
+        """Called once before ``perturb`` with the normal training images (e.g. for a threshold)."""
+
+    def describe(self, detector: Any) -> str:
+        """How the detector was attacked (stored beside the result), e.g. ``eot=8``."""
+        parts = [describe_adaptive(detector, self.config)] if self.norm != "none" else []
+        if self.config.target != "both":
+            parts.append(f"target={self.config.target}")
+        return ",".join(p for p in parts if p)
+
+    def score_fn(self, detector: Any) -> ScoreFn:
+        """The (adaptive) score the attack differentiates: EOT and BPDA according to the flags."""
+        return attack_score(detector, self.config)
+
     def perturb(self, detector: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        """Adversarial copies of ``x`` (same shape, in [0, 1], within ``eps`` of ``x``), in batches."""
+        """Adversarial copies of ``x`` (same shape, in [0, 1], within ``eps`` of ``x``), in batches.
+        Images outside the attack target are returned unchanged."""
         check_eps(eps)
         if eps == 0 or self.norm == "none":
             return x.clone()
+        chosen = torch.ones_like(y, dtype=torch.bool)
+        if self.config.target != "both":
+            chosen = y == (1 if self.config.target == "anomaly" else 0)
+        x_adv = x.clone()
+        idx = chosen.nonzero().flatten()
         was_training = detector.training
         detector.eval()  # attack the deployed model: no dropout, frozen batch-norm statistics
         try:
-            parts = [
-                self.perturb_batch(detector, xb, yb, eps)
-                for xb, yb in zip(x.split(self.config.batch_size), y.split(self.config.batch_size))
-            ]
+            for part in idx.split(self.config.batch_size):
+                x_adv[part] = self.perturb_batch(detector, x[part], y[part], eps).detach()
         finally:
             detector.train(was_training)
-        return torch.cat(parts) if parts else x.clone()
+        return x_adv
 
     def perturb_batch(self, detector: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         raise NotImplementedError

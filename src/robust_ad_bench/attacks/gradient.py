@@ -112,8 +112,10 @@ class PGDConfig(AttackConfig):
 
 class _GradientAttack(Attack):
     def _run(self, detector, x, y, eps, *, steps, step_size, restarts, rand_init) -> torch.Tensor:
+        score = self.score_fn(detector)  # EOT / BPDA from the detector's flags
+
         def objective(z: torch.Tensor) -> torch.Tensor:
-            return attack_objective(detector, z, y)
+            return attack_objective(score, z, y)
 
         return pgd(objective, x, eps=eps, norm=self.norm, steps=steps, step_size=step_size,
                    restarts=restarts, rand_init=rand_init)

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from robust_ad_bench.benchmark import leaderboard
+from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.config import Job, make_grid_config
 from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
 from robust_ad_bench.benchmark.registry import REGISTRIES, load_plugin_file
@@ -20,7 +21,7 @@ from robust_ad_bench.benchmark.store import STORE_FILE, Store, open_existing
 
 EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
                   "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",
-                  "n_test", "seconds", "key", "finished_at"]
+                  "attack_detail", "n_test", "seconds", "key", "finished_at"]
 
 
 def table_console() -> Console:
@@ -57,6 +58,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     cfg = make_grid_config(
         args.config, methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
         seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
+        checks=False if args.no_checks else None,
     )
     runner = Runner(cfg)  # validates every name and parameter before anything runs
     if args.dry_run:
@@ -72,13 +74,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         runner.hooks = RichHooks(progress)
         summary = runner.run()
     console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
-                  f"store, {len(summary.failed)} failed; {summary.trained} models trained")
+                  f"store, {len(summary.failed)} failed; {summary.trained} models trained, "
+                  f"{summary.checked} checked, {summary.certified} certified")
     with Store(cfg.out) as store:
-        results = store.results()
+        results, checks = store.results(), store.checks()
     methods = {j.method for j in runner.jobs}
     datasets = {j.dataset for j in runner.jobs}
     results = results[results["method"].isin(methods) & results["dataset"].isin(datasets)]
-    leaderboard.render(leaderboard.wide(results), table_console())
+    leaderboard.render(leaderboard.wide(results, checks=checks), table_console())
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} job(s) failed[/red] (tracebacks in {cfg.out}/failures.log):")
         for job, message in summary.failed[:20]:
@@ -125,11 +128,22 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     with open_existing(args.out) as store:
-        results = store.results()
-    leaderboard.render(leaderboard.wide(results, args.metric), table_console(), args.metric)
+        results, checks = store.results(), store.checks()
+    leaderboard.render(leaderboard.wide(results, args.metric, checks), table_console(), args.metric)
     ensure_writable(args.out)
-    for path in leaderboard.write(results, args.out, args.metric):
+    for path in leaderboard.write(results, args.out, args.metric, checks):
         console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    with open_existing(args.out) as store:
+        results, checks = store.results(), store.checks()
+    out = table_console()
+    for table in audit_tables(results, checks):
+        out.print(table)
+    if results.empty:
+        console.print("[yellow]no finished jobs to audit[/yellow]")
     return 0
 
 
@@ -178,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file with the same options (flags override it)")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     run.add_argument("--dry-run", action="store_true", help="print the grid and what is left to compute")
+    run.add_argument("--no-checks", action="store_true",
+                     help="skip the sanity checks of the attacks (they are on by default)")
 
     lst = sub.add_parser("list", parents=[common], help="list registered methods, attacks or datasets")
     lst.add_argument("kind", nargs="?", help="methods, attacks or datasets (default: all three)")
@@ -186,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print the leaderboard and write CSV, Markdown and LaTeX")
     board.add_argument("--out", default="results", help="results folder (default: results)")
     board.add_argument("--metric", default="auroc", help=f"{', '.join(leaderboard.METRICS)} (default: auroc)")
+    audit = sub.add_parser("audit", parents=[common],
+                           help="per method: attacks run, worst-case AUROC, failed sanity checks")
+    audit.add_argument("--out", default="results", help="results folder (default: results)")
     plot = sub.add_parser("plot", parents=[common], help="write PNG plots: AUROC against eps, score histograms")
     plot.add_argument("--out", default="results", help="results folder (default: results)")
     exp = sub.add_parser("export", parents=[common], help="write one row per job")
@@ -196,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "export": cmd_export,
-            "plot": cmd_plot}
+            "plot": cmd_plot, "audit": cmd_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

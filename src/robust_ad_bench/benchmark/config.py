@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 
 from robust_ad_bench.attacks.base import NORMS, check_eps
+from robust_ad_bench.attacks.smoothing import CertifyConfig
+from robust_ad_bench.benchmark.checks import CheckConfig
 from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
 from robust_ad_bench.benchmark.params import build_config, config_dict
 from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
@@ -33,6 +35,8 @@ class GridConfig:
     device: str = "auto"
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: CheckConfig = field(default_factory=CheckConfig)  # sanity checks (YAML: mapping, or false)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)  # randomized-smoothing certification
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,22 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
     for key in ("method_params", "attack_params"):
         if not isinstance(data.get(key, {}), dict):
             raise BenchError(f"{key} must be a mapping of name -> parameters")
+    data["checks"] = _section(data.get("checks"), CheckConfig, "checks", off={"enabled": False})
+    data["certify"] = _section(data.get("certify"), CertifyConfig, "certify", off={"methods": "none"})
     return GridConfig(**data)
+
+
+def _section(value: Any, config_cls: type, name: str, off: dict[str, Any]) -> Any:
+    """A YAML section given as a mapping, ``true`` (defaults) or ``false`` (switched off)."""
+    if isinstance(value, config_cls):
+        return value
+    if value is None or value is True:
+        value = {}
+    elif value is False:
+        value = off
+    if not isinstance(value, dict):
+        raise BenchError(f"{name} must be a mapping of options, true or false; got {value!r}")
+    return build_config(config_cls, value, name)
 
 
 def content_key(payload: dict[str, Any]) -> str:

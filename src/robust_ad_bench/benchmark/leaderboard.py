@@ -1,7 +1,9 @@
 """Leaderboard: methods as rows, (dataset, attack, eps) as columns, mean ± std AUROC over classes and seeds.
 
 Built only from the store. Rendered with rich in the terminal; written as CSV (long, numeric), Markdown
-and LaTeX (wide, "mean ± std").
+and LaTeX (wide, "mean ± std"). A cell whose sanity checks failed carries their flags (``!B``: a
+black-box attack beat it, see ``FLAG_LEGEND``); for each norm and eps attacked by several attacks a
+"worst" column holds the worst case per model over those attacks and names the attack that achieved it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,18 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from robust_ad_bench.benchmark.checks import FLAGS
+
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
 METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC"}
+FLAG_LEGEND = {
+    "B": "a black-box attack (Square) beat the white-box attack: gradient masking",
+    "s": "more attack steps changed the AUROC: not converged (or inconsistent)",
+    "L": "a very large eps did not break the detector",
+    "m": "AUROC rose as eps grew",
+    "0": "eps 0 did not reproduce the clean AUROC",
+    "!": "a check could not run (see failures.log)",
+}
 
 
 def eps_label(eps: float, norm: str) -> str:
@@ -30,6 +42,35 @@ def column_label(dataset: str, attack: str, norm: str, eps: float) -> str:
     return f"{dataset} {attack}" if norm == "none" else f"{dataset} {attack} {eps_label(eps, norm)}"
 
 
+def check_flags(checks: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
+    """(method, dataset, attack) -> the flags of every check that failed for it, e.g. ``"Bs"``."""
+    if checks is None or checks.empty:
+        return {}
+    failed = checks[~checks["passed"].astype(bool)]
+    return {key: "".join(sorted({FLAGS.get(n, "!") for n in group["name"]}))
+            for key, group in failed.groupby(["method", "dataset", "attack"])}
+
+
+def worst_case(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model (train_key), norm and eps attacked by 2+ attacks: the lowest AUROC and its attack,
+    as rows with ``attack`` = "worst-<norm>" and ``by`` = the attack that achieved it."""
+    ok = results[(results["status"] == "ok") & (results["norm"] != "none") & results["auroc"].notna()]
+    if ok.empty:
+        return ok.assign(by=pd.Series(dtype=str))
+    many = ok.groupby(["train_key", "norm", "eps"])["attack"].transform("nunique") > 1
+    ok = ok[many]
+    lowest = ok.loc[ok.groupby(["train_key", "norm", "eps"])["auroc"].idxmin()]
+    return lowest.assign(by=lowest["attack"], attack="worst-" + lowest["norm"])
+
+
+def _worst_note(worst: pd.DataFrame, key: tuple, flags: dict[tuple[str, str, str], str]) -> str:
+    """The attack that most often achieved a worst-case cell, and the flags of the attacks that did."""
+    rows = worst[(worst[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
+    method, dataset = key[0], key[1]
+    found = "".join(sorted({c for a in set(rows["by"]) for c in flags.get((method, dataset, a), "")}))
+    return rows["by"].value_counts().index[0] + (f" !{found}" if found else "")
+
+
 def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     """Long table: one row per method × dataset × attack × eps with mean, std and count of ``metric``."""
     ok = results[results["status"] == "ok"]
@@ -44,15 +85,30 @@ def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     return table.sort_values(["dataset", "_order", "attack", "eps", "method"]).drop(columns="_order")
 
 
-def wide(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
-    """Methods × columns of "mean ± std" strings; extra columns flag training and failed jobs."""
+def _cell(mean: float, std: float, n: int, note: str) -> str:
+    # one run has no spread: show the bare number rather than a fake ± 0
+    text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+    return f"{text} {note}" if note else text
+
+
+def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Methods × columns of "mean ± std" strings with check flags; worst-case columns (AUROC only);
+    extra columns flag training and failed jobs."""
     long = summarize(results, metric)
     if long.empty:
         return pd.DataFrame()
+    flags = check_flags(checks)
+    notes = [f"!{flags[k]}" if k in flags else "" for k in zip(long["method"], long["dataset"], long["attack"])]
+    if metric == "auroc":
+        worst = worst_case(results)
+        if not worst.empty:
+            extra = summarize(worst, metric)
+            notes += [_worst_note(worst, key, flags) for key in zip(*(extra[c] for c in GROUP))]
+            long = pd.concat([long, extra], ignore_index=True).sort_values("dataset", kind="stable")
+            notes = [notes[i] for i in long.index]
     long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],
-                       # one run has no spread: show the bare number rather than a fake ± 0
-                       cell=[f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
-                             for m, s, n in long[["mean", "std", "n"]].values])
+                       cell=[_cell(m, s, n, note) for (m, s, n), note in
+                             zip(long[["mean", "std", "n"]].values, notes)])
     table = long.pivot(index="method", columns="column", values="cell")
     table = table[list(dict.fromkeys(long["column"]))].fillna("–")
     at = results.groupby("method")["adversarially_trained"].any()
@@ -81,7 +137,18 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
             failed = f"[red]{row['failed']}[/red]" if row["failed"] else ""
             out.add_row(str(method), row["AT"], *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
         console.print(out)
-    console.print("AT: adversarially trained. Robust columns: the attack at that eps, both classes attacked.")
+    console.print("AT: adversarially trained. Robust columns: the attack at that eps, both classes attacked; "
+                  "worst-<norm>: per model, the lowest AUROC over the attacks of that norm, and the attack that "
+                  "achieved it most often.")
+    for line in flag_legend(table):
+        console.print(line)
+
+
+def flag_legend(table: pd.DataFrame) -> list[str]:
+    """One line per check flag that appears in the table."""
+    text = " ".join(str(v) for v in table.drop(columns=["AT", "failed"], errors="ignore").values.ravel())
+    shown = {c for word in text.split() if word.startswith("!") for c in word[1:]}
+    return [f"!{flag}: {meaning}" for flag, meaning in FLAG_LEGEND.items() if flag in shown]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -106,14 +173,16 @@ def to_latex(table: pd.DataFrame) -> str:
                       *rows, r"\bottomrule", r"\end{tabular}", ""])
 
 
-def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc") -> list[Path]:
+def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc",
+          checks: pd.DataFrame | None = None) -> list[Path]:
     """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide); other metrics
     than AUROC go to leaderboard_<metric>.*."""
     folder = Path(folder)
-    table = wide(results, metric)
+    table = wide(results, metric, checks)
     stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
     summarize(results, metric).to_csv(paths[0], index=False)
-    paths[1].write_text(to_markdown(table) if not table.empty else "no finished jobs\n")
+    legend = "".join(f"\n{line}\n" for line in flag_legend(table)) if not table.empty else ""
+    paths[1].write_text(to_markdown(table) + legend if not table.empty else "no finished jobs\n")
     paths[2].write_text(to_latex(table) if not table.empty else "% no finished jobs\n")
     return paths

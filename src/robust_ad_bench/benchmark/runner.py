@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from robust_ad_bench.attacks.smoothing import certify
 from robust_ad_bench.benchmark import metrics
-from robust_ad_bench.benchmark.config import GridConfig, Job, expand_grid
+from robust_ad_bench.benchmark.checks import CHECKS_VERSION, run_checks
+from robust_ad_bench.benchmark.config import GridConfig, Job, content_key, expand_grid
 from robust_ad_bench.benchmark.errors import BenchError
+from robust_ad_bench.benchmark.params import config_dict
 from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
 from robust_ad_bench.benchmark.store import JobResult, Store
 from robust_ad_bench.datasets.base import Split, TrainSet
@@ -38,6 +41,8 @@ class RunSummary:
     skipped: int = 0  # already in the store
     computed: int = 0
     trained: int = 0  # models fitted (not loaded from the cache)
+    checked: int = 0  # models whose sanity checks ran
+    certified: int = 0  # models certified by randomized smoothing
     failed: list[tuple[Job, str]] = field(default_factory=list)
 
 
@@ -119,12 +124,17 @@ class Runner:
             pending = self.pending(store)
             summary.skipped = len(self.jobs) - len(pending)
             self.hooks.start(len(pending))
-            for _, group_iter in itertools.groupby(pending, key=lambda j: j.train_key):
-                self._run_group(list(group_iter), store, summary)
+            waiting = {job.key for job in pending}
+            for _, group_iter in itertools.groupby(self.jobs, key=lambda j: j.train_key):
+                group = list(group_iter)
+                todo = [job for job in group if job.key in waiting]
+                if todo or self._check_key(group) and not store.has_checks(self._check_key(group)) \
+                        or self._cert_key(group) and not store.has_certified(self._cert_key(group)):
+                    self._run_group(group, todo, store, summary)
         return summary
 
-    # -- one trained model, several attacks ------------------------------------------------------------
-    def _run_group(self, group: list[Job], store: Store, summary: RunSummary) -> None:
+    # -- one trained model, several attacks, then its checks and certificates --------------------------
+    def _run_group(self, group: list[Job], todo: list[Job], store: Store, summary: RunSummary) -> None:
         first = group[0]
         start = time.perf_counter()
         try:
@@ -134,10 +144,22 @@ class Runner:
         except Exception as exc:
             message = f"training failed: {type(exc).__name__}: {exc}"
             self._log_failure(first, exc)
-            for job in group:
+            for job in todo:
                 self._record_failure(job, message, time.perf_counter() - start, store, summary)
             return
-        for job in group:
+        self._attack_all(todo, detector, split, store, summary)
+        if not store.finished_keys() >= {job.key for job in group}:
+            return  # checks compare the grid's figures: only once every job of the model succeeded
+        for step in (self._checks, self._certify):
+            try:
+                step(group, detector, split, store, summary)
+            except Exception as exc:  # recorded, and the grid goes on
+                self._log_failure(first, exc)
+                summary.failed.append((first, f"{step.__name__.strip('_')} failed: {type(exc).__name__}: {exc}"))
+
+    def _attack_all(self, todo: list[Job], detector: torch.nn.Module, split: Split, store: Store,
+                    summary: RunSummary) -> None:
+        for job in todo:
             start = time.perf_counter()
             try:
                 result = self._evaluate(job, detector, split)
@@ -191,13 +213,18 @@ class Runner:
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written model
         return detector, True
 
+    def _attacked_scores(self, detector: torch.nn.Module, split: Split, attack_name: str,
+                         params: dict[str, Any], eps: float) -> tuple[np.ndarray, np.ndarray, str]:
+        """Test images attacked by one attack: (their attacked images on the CPU, scores, attack detail)."""
+        attack = ATTACKS.get(attack_name)(params)
+        attack.calibrate(detector, split.train.to(self.device))
+        x_adv = attack.perturb(detector, split.test.to(self.device), split.test_labels.to(self.device), eps)
+        return x_adv, _batched(detector.score, x_adv), attack.describe(detector)
+
     def _evaluate(self, job: Job, detector: torch.nn.Module, split: Split) -> JobResult:
         seed_everything(job.key)
-        attack = ATTACKS.get(job.attack)(job.config["attack_params"])
-        x = split.test.to(self.device)
-        y = split.test_labels.to(self.device)
-        x_adv = attack.perturb(detector, x, y, job.eps)
-        scores = _batched(detector.score, x_adv)
+        x_adv, scores, detail = self._attacked_scores(detector, split, job.attack, job.config["attack_params"],
+                                                      job.eps)
         labels = split.test_labels.numpy().astype(np.uint8)
         result = metrics.image_metrics(labels, scores)
         result["auroc_ci_low"], result["auroc_ci_high"] = metrics.bootstrap_ci(
@@ -205,7 +232,59 @@ class Runner:
         if split.test_masks is not None and detector.has_anomaly_map():
             maps = _batched(detector.anomaly_map, x_adv)
             result["pixel_auroc"] = metrics.pixel_auroc(split.test_masks.numpy(), maps)
-        return job_result(job, "ok", metrics=result, n_test=len(labels), labels=labels, scores=scores)
+        return job_result(job, "ok", metrics=result, n_test=len(labels), labels=labels, scores=scores,
+                          attack_detail=detail)
+
+    # -- sanity checks and certificates (once per trained model) -----------------------------------------
+    def _check_key(self, group: list[Job]) -> str | None:
+        if not self.cfg.checks.enabled:
+            return None
+        attacks = {job.attack: [job.config["attack_version"], job.config["attack_params"]] for job in group}
+        eps = sorted({(job.attack, job.eps) for job in group})
+        return content_key({"train_key": group[0].train_key, "checks": config_dict(self.cfg.checks),
+                            "version": CHECKS_VERSION, "attacks": attacks, "eps": eps})
+
+    def _cert_key(self, group: list[Job]) -> str | None:
+        which = self.cfg.certify.methods
+        if which == "none" or which == "certifiable" and not METHODS.get(group[0].method).certifiable:
+            return None
+        return content_key({"train_key": group[0].train_key, "certify": config_dict(self.cfg.certify)})
+
+    def _checks(self, group: list[Job], detector: torch.nn.Module, split: Split, store: Store,
+                summary: RunSummary) -> None:
+        key = self._check_key(group)
+        if key is None or store.has_checks(key):
+            return
+        labels = split.test_labels.numpy().astype(np.uint8)
+
+        def evaluate(attack: str, params: dict[str, Any], eps: float) -> float:
+            seed_everything(key)  # the same draws for every figure: eps 0 must equal clean exactly
+            return metrics.auroc(labels, self._attacked_scores(detector, split, attack, params, eps)[1])
+
+        frame = store.results(status="ok")
+        mine = frame[frame["train_key"] == group[0].train_key]
+        grid = {(a, float(e)): float(v) for (a, e), v in mine.groupby(["attack", "eps"])["auroc"].mean().items()}
+        attacks = {job.attack: job.config["attack_params"] for job in group}
+        found = run_checks(attacks, grid, evaluate, self.cfg.checks, int(split.test[0].numel()))
+        job = group[0]
+        store.put_checks([(key, job.train_key, job.method, job.dataset, job.normal_class, job.seed, c.attack,
+                           c.name, int(c.passed), c.value, c.reference, c.detail) for c in found])
+        summary.checked += 1
+
+    def _certify(self, group: list[Job], detector: torch.nn.Module, split: Split, store: Store,
+                 summary: RunSummary) -> None:
+        key = self._cert_key(group)
+        if key is None or store.has_certified(key):
+            return
+        seed_everything(key)
+        job, cfg = group[0], self.cfg.certify
+        labels = split.test_labels.numpy().astype(int)
+        x, train = split.test.to(self.device), split.train.to(self.device)
+        rows = [row for sigma in cfg.sigmas for row in certify(detector.score, x, labels, train, sigma, cfg)]
+        store.put_certified([(key, job.train_key, job.method, job.dataset, job.normal_class, job.seed,
+                              r["sigma"], r["radius"], r["threshold"], r["certified_accuracy"],
+                              r["certified_auroc"], r["abstain"]) for r in rows])
+        summary.certified += 1
 
     def _record_failure(self, job: Job, message: str, seconds: float, store: Store,
                         summary: RunSummary) -> None:

@@ -18,13 +18,17 @@ import pandas as pd
 
 from robust_ad_bench.benchmark.errors import BenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: attack_detail column, checks and certified tables
 STORE_FILE = "results.sqlite"
 RESULT_COLUMNS = (
     "key", "train_key", "status", "method", "dataset", "normal_class", "seed", "attack", "norm", "eps",
     "auroc", "auroc_ci_low", "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "n_test", "seconds", "error",
-    "adversarially_trained", "config", "finished_at",
+    "adversarially_trained", "attack_detail", "config", "finished_at",
 )
+CHECK_COLUMNS = ("check_key", "train_key", "method", "dataset", "normal_class", "seed", "attack", "name",
+                 "passed", "value", "reference", "detail")
+CERTIFIED_COLUMNS = ("cert_key", "train_key", "method", "dataset", "normal_class", "seed", "sigma", "radius",
+                     "threshold", "certified_accuracy", "certified_auroc", "abstain")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY, train_key TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
@@ -32,12 +36,24 @@ CREATE TABLE IF NOT EXISTS results (
     attack TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL,
     auroc REAL, auroc_ci_low REAL, auroc_ci_high REAL, aupr REAL, fpr95 REAL, pixel_auroc REAL,
     n_test INTEGER, seconds REAL, error TEXT,
-    adversarially_trained INTEGER NOT NULL DEFAULT 0, config TEXT NOT NULL,
+    adversarially_trained INTEGER NOT NULL DEFAULT 0, attack_detail TEXT, config TEXT NOT NULL,
     finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS scores (
     key TEXT PRIMARY KEY REFERENCES results(key) ON DELETE CASCADE,
     labels BLOB NOT NULL, scores BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checks (
+    check_key TEXT NOT NULL, train_key TEXT NOT NULL, method TEXT NOT NULL, dataset TEXT NOT NULL,
+    normal_class TEXT NOT NULL, seed INTEGER NOT NULL, attack TEXT NOT NULL, name TEXT NOT NULL,
+    passed INTEGER NOT NULL, value REAL, reference REAL, detail TEXT,
+    PRIMARY KEY (check_key, attack, name)
+);
+CREATE TABLE IF NOT EXISTS certified (
+    cert_key TEXT NOT NULL, train_key TEXT NOT NULL, method TEXT NOT NULL, dataset TEXT NOT NULL,
+    normal_class TEXT NOT NULL, seed INTEGER NOT NULL, sigma REAL NOT NULL, radius REAL NOT NULL,
+    threshold REAL, certified_accuracy REAL, certified_auroc REAL, abstain REAL,
+    PRIMARY KEY (cert_key, sigma, radius)
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -63,6 +79,7 @@ class JobResult:
     seconds: float = 0.0
     error: str | None = None
     adversarially_trained: bool = False
+    attack_detail: str = ""
     labels: np.ndarray | None = None
     scores: np.ndarray | None = None
 
@@ -79,8 +96,10 @@ class Store:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise BenchError(f"{self.path} has schema version {version}; this tool reads {SCHEMA_VERSION}")
+            if version == 1:  # a store written before attack_detail existed
+                self.conn.execute("ALTER TABLE results ADD COLUMN attack_detail TEXT")
             self.conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise BenchError(f"cannot open the results store {self.path}: {exc}") from exc
@@ -106,7 +125,7 @@ class Store:
             str(result.normal_class), result.seed, result.attack, result.norm, float(result.eps),
             m.get("auroc"), m.get("auroc_ci_low"), m.get("auroc_ci_high"), m.get("aupr"), m.get("fpr95"),
             m.get("pixel_auroc"), result.n_test,
-            result.seconds, result.error, int(result.adversarially_trained),
+            result.seconds, result.error, int(result.adversarially_trained), result.attack_detail,
             json.dumps(result.config, sort_keys=True),
         )
         with self.conn:
@@ -133,6 +152,36 @@ class Store:
                                   self.conn, params=params)
         frame["adversarially_trained"] = frame["adversarially_trained"].astype(bool)
         return frame
+
+    def _insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        with self.conn:
+            self.conn.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
+                                  f"VALUES ({', '.join('?' * len(columns))})", rows)
+
+    def _has(self, table: str, column: str, key: str) -> bool:
+        return self.conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (key,)).fetchone() is not None
+
+    def has_checks(self, check_key: str) -> bool:
+        return self._has("checks", "check_key", check_key)
+
+    def put_checks(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows in ``CHECK_COLUMNS`` order, all in one transaction."""
+        self._insert("checks", CHECK_COLUMNS, rows)
+
+    def checks(self) -> pd.DataFrame:
+        frame = pd.read_sql_query(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks", self.conn)
+        frame["passed"] = frame["passed"].astype(bool)
+        return frame
+
+    def has_certified(self, cert_key: str) -> bool:
+        return self._has("certified", "cert_key", cert_key)
+
+    def put_certified(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows in ``CERTIFIED_COLUMNS`` order, all in one transaction."""
+        self._insert("certified", CERTIFIED_COLUMNS, rows)
+
+    def certified(self) -> pd.DataFrame:
+        return pd.read_sql_query(f"SELECT {', '.join(CERTIFIED_COLUMNS)} FROM certified", self.conn)
 
     def scores(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, scores) of one job, or None."""

@@ -47,7 +47,8 @@ class Detector(nn.Module):
     version: ClassVar[str] = "1"  # bump when a change alters results: part of the job key
     Config: ClassVar[type] = DetectorConfig
     stochastic: ClassVar[bool] = False  # score has randomness: attacks use EOT
-    purifies: ClassVar[bool] = False  # non-differentiable or iterative preprocessing: BPDA
+    purifies: ClassVar[bool] = False  # score = score_purified(purify(x)): attacks go through it or BPDA
+    differentiable_purifier: ClassVar[bool] = True  # False: attacks use BPDA (``bpda_surrogate`` backward)
     needs_anomalies: ClassVar[bool] = False  # fit uses a few labelled anomalies
     certifiable: ClassVar[bool] = False  # supports randomized-smoothing certification
     adversarially_trained: ClassVar[bool] = False  # trained against an attack (for the leaderboard)
@@ -74,6 +75,19 @@ class Detector(nn.Module):
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor | None:
         """Per-pixel anomaly scores N×H×W, or None when the method has none."""
         return None
+
+    # -- purifying detectors (``purifies = True``) split their score in two; attacks use the parts ------
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        """The preprocessing/purification step of a purifying detector."""
+        return x
+
+    def score_purified(self, x: torch.Tensor) -> torch.Tensor:
+        """The score of an already purified image (``score(x) == score_purified(purify(x))``)."""
+        raise NotImplementedError(f"method '{self.name}' sets purifies but has no score_purified")
+
+    def bpda_surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable stand-in for ``purify`` on the backward pass of BPDA (identity by default)."""
+        return x
 
     @classmethod
     def has_anomaly_map(cls) -> bool:

@@ -1,0 +1,140 @@
+"""AutoAttack (Croce & Hein, 2020) on an anomaly score, through the ``pyautoattack`` package.
+
+The detector becomes a two-class model with logits ``[-m, m]``, ``m = (score - t) / s``: class 1
+(anomaly) wins when the score passes the threshold ``t``, a quantile of the training scores. The scale
+``s`` is twice the largest ``|score - t|`` of the clean batch, so margins start inside [-0.5, 0.5] where
+cross-entropy is nearly linear: a far-off sample's gradient does not vanish in the softmax. The
+standard version's DLR losses need three or more classes, so ``version='custom'`` runs the components that
+work with two: APGD-CE, FAB, Square.
+
+AutoAttack counts a sample as broken once it crosses the threshold and returns the clean image for the
+others, which suits accuracy but not AUROC, where every sample's score matters. The default
+``selection = "objective"`` therefore runs each component on every image (APGD with ``best_loss=True``
+returns its highest-loss point) and keeps, per image, the candidate with the highest attack objective.
+``selection = "standard"`` returns what ``run_standard_evaluation`` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from robust_ad_bench.attacks.adaptive import ScoreFn
+from robust_ad_bench.attacks.base import Attack, AttackConfig, attack_objective
+from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.benchmark.registry import register_attack
+
+TWO_CLASS_COMPONENTS = ("apgd-ce", "fab", "square")
+SELECTIONS = ("objective", "standard")
+_AA_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+class TwoLogitDetector(nn.Module):
+    """A score as a two-class model: logits ``[-m, m]`` with ``m = (score - threshold) / scale``."""
+
+    def __init__(self, score: ScoreFn, threshold: float, scale: float) -> None:
+        super().__init__()
+        self.score, self.threshold, self.scale = score, threshold, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        margin = (self.score(x) - self.threshold) / self.scale
+        return torch.stack([-margin, margin], dim=1)
+
+
+@dataclass
+class AutoAttackConfig(AttackConfig):
+    components: tuple[str, ...] = TWO_CLASS_COMPONENTS
+    iters: int = 100  # APGD and FAB iterations (AutoAttack's default)
+    restarts: int = 1  # APGD and FAB restarts
+    square_queries: int = 1000  # AutoAttack's default is 5000
+    threshold_quantile: float = 0.5  # of the training scores
+    selection: str = "objective"  # objective (per-image best over components) or standard
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in self.components:
+            if name not in TWO_CLASS_COMPONENTS:
+                raise unknown_choice("AutoAttack component for a two-class detector (the DLR and targeted "
+                                     "ones need 3+ classes)", name, TWO_CLASS_COMPONENTS)
+        if not self.components:
+            raise BenchError("autoattack needs at least one component")
+        if self.selection not in SELECTIONS:
+            raise unknown_choice("AutoAttack selection", self.selection, SELECTIONS)
+        if not 0 < self.threshold_quantile < 1:
+            raise BenchError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
+
+
+@register_attack("autoattack", description="AutoAttack (pyautoattack, custom version: APGD-CE, FAB, Square) "
+                                           "on the thresholded score, Linf")
+class AutoAttack(Attack):
+    """AutoAttack's two-class components on the detector's score (Linf)."""
+
+    Config = AutoAttackConfig
+    norm = "linf"
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.threshold = 0.0
+
+    def calibrate(self, detector: Any, train_images: torch.Tensor) -> None:
+        with torch.no_grad():
+            scores = torch.cat([detector.score(b) for b in train_images.split(self.config.batch_size)]).float()
+        self.threshold = float(scores.quantile(self.config.threshold_quantile))
+
+    def describe(self, detector: Any) -> str:
+        base = super().describe(detector)
+        parts = ["+".join(self.config.components), f"select={self.config.selection}"]
+        return ",".join([*parts, base] if base else parts)
+
+    def adversary(self, model: nn.Module, eps: float, device: torch.device) -> Any:
+        from pyautoattack import AutoAttack as PyAutoAttack
+
+        c = self.config
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        adversary = PyAutoAttack(model, norm=_AA_NORM[self.norm], eps=eps, version="custom",
+                                 attacks=list(c.components), seed=seed, device=device)
+        adversary.verbose = False
+        for component in (adversary.apgd, adversary.fab):
+            component.n_iter, component.n_restarts = c.iters, c.restarts
+        adversary.square.n_queries = c.square_queries
+        return adversary
+
+    def perturb_batch(self, detector, x, y, eps):
+        score = self.score_fn(detector)
+        with torch.no_grad():
+            scale = 2 * float((score(x) - self.threshold).abs().max().clamp_min(1e-6))
+        model = TwoLogitDetector(score, self.threshold, scale)
+        adversary = self.adversary(model, eps, x.device)
+        labels = y.long()
+        if self.config.selection == "standard":
+            x_adv, _ = adversary.run_standard_evaluation(x, labels, batch_size=len(x))
+            return x_adv.detach()
+        candidates = []
+        for name in self.config.components:
+            if name == "apgd-ce":
+                candidates.append(adversary.apgd.perturb(x, labels, best_loss=True))
+            elif name == "fab":
+                candidates.append(adversary.fab.perturb(x, labels))
+            else:
+                candidates.append(adversary.square.perturb(x, labels))
+        return best_by_objective(score, candidates, y)
+
+
+def best_by_objective(score: ScoreFn, candidates: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Per image, the candidate with the highest attack objective."""
+    with torch.no_grad():
+        values = torch.stack([attack_objective(score, c, y) for c in candidates])  # K × N
+    pick = values.argmax(0)
+    stacked = torch.stack([c.detach() for c in candidates])  # K × N × C × H × W
+    return stacked[pick, torch.arange(len(y), device=y.device)]
+
+
+@register_attack("autoattack-l2", description="AutoAttack (pyautoattack, custom version: APGD-CE, FAB, "
+                                              "Square) on the thresholded score, L2")
+class AutoAttackL2(AutoAttack):
+    """AutoAttack's two-class components on the detector's score (L2)."""
+
+    norm = "l2"

@@ -1,0 +1,183 @@
+"""The attack suite: AutoAttack, Square, adaptive attacks (EOT, BPDA, inner gradient steps), attack target,
+sanity checks on detectors built to fail them, certification by randomized smoothing, audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_grid
+from robust_ad_bench.attacks.smoothing import CertifyConfig, certified_auroc, certify, lower_bounds, min_count
+from robust_ad_bench.benchmark import leaderboard
+from robust_ad_bench.benchmark.audit import audit_tables
+from robust_ad_bench.benchmark.errors import BenchError
+from robust_ad_bench.benchmark.metrics import auroc
+from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS, load_plugin_file
+from robust_ad_bench.benchmark.runner import Runner
+from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.datasets.base import TrainSet
+
+PLUGIN = Path(__file__).parent / "plugins" / "attack_doubles.py"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    load_plugin_file(PLUGIN)
+    return DATASETS.get("digits")().split("3", 0)
+
+
+def fitted(name, split, params=None):
+    detector = METHODS.get(name)(tuple(split.train.shape[1:]), params)
+    detector.fit(TrainSet(split.train))
+    return detector.eval()
+
+
+def robust_auroc(detector, split, attack, eps, params=None, seed=0):
+    torch.manual_seed(seed)
+    a = ATTACKS.get(attack)(params)
+    a.calibrate(detector, split.train)
+    x_adv = a.perturb(detector, split.test, split.test_labels, eps)
+    with torch.no_grad():
+        return auroc(split.test_labels.numpy(), detector.score(x_adv).numpy())
+
+
+def test_autoattack_is_at_least_as_strong_as_pgd_and_breaks_large_eps(digits):
+    knn = fitted("knn", digits)
+    fast = {"iters": 20, "square_queries": 50}
+    pgd = robust_auroc(knn, digits, "pgd", 32 / 255)
+    aa = robust_auroc(knn, digits, "autoattack", 32 / 255, fast)
+    assert aa <= pgd + 0.02
+    assert robust_auroc(knn, digits, "autoattack", 0.5, fast) < 0.2
+    assert robust_auroc(knn, digits, "autoattack-l2", 2.0, {**fast, "components": ["apgd-ce"]}) < pgd
+
+
+def test_autoattack_standard_selection_and_bad_components(digits):
+    knn = fitted("knn", digits)
+    clean = robust_auroc(knn, digits, "clean", 0.0)
+    standard = robust_auroc(knn, digits, "autoattack", 0.5, {"selection": "standard", "components": ["apgd-ce"],
+                                                              "iters": 10})
+    assert standard < clean
+    with pytest.raises(BenchError, match="apgd-dlr.*apgd-ce"):
+        ATTACKS.get("autoattack")({"components": ["apgd-dlr"]})
+    with pytest.raises(BenchError, match="selection"):
+        ATTACKS.get("autoattack")({"selection": "best"})
+
+
+def test_square_is_a_black_box_that_beats_masked_gradients(digits):
+    masked = fitted("masked", digits)
+    clean = robust_auroc(masked, digits, "clean", 0.0)
+    white = robust_auroc(masked, digits, "pgd", 32 / 255)
+    blind = robust_auroc(masked, digits, "square", 32 / 255, {"queries": 200})
+    assert white > clean - 0.05  # white-box PGD sees zero gradients: robustness that looks real
+    assert blind < white - 0.1
+
+
+def test_eot_beats_plain_pgd_on_a_stochastic_detector(digits):
+    noisy = fitted("noisy-gradient", digits)
+    plain = robust_auroc(noisy, digits, "pgd", 32 / 255, {"eot_samples": 1})
+    eot = robust_auroc(noisy, digits, "pgd", 32 / 255, {"eot_samples": 32})
+    assert eot < plain - 0.05
+    assert ATTACKS.get("pgd")().describe(noisy) == "eot=8"
+
+
+def test_bpda_attacks_a_non_differentiable_purifier(digits):
+    purifier = fitted("quantize-purifier", digits)
+    full = robust_auroc(purifier, digits, "pgd", 32 / 255, {"gradient": "full", "random_start": False})
+    bpda = robust_auroc(purifier, digits, "pgd", 32 / 255)  # auto: the detector says BPDA
+    assert bpda < full - 0.1
+    assert "bpda" in ATTACKS.get("pgd")().describe(purifier)
+
+
+def test_attacks_differentiate_through_an_inner_gradient_step(digits):
+    inner = fitted("inner-step", digits)
+    x = digits.test[:4].clone().double().requires_grad_(True)
+    inner.double()
+    assert torch.autograd.gradcheck(inner.score, (x,), eps=1e-6, atol=1e-4)
+    inner.float()
+    assert robust_auroc(inner, digits, "pgd", 32 / 255) < robust_auroc(inner, digits, "clean", 0.0) - 0.05
+
+
+@pytest.mark.parametrize("target", ["normal", "anomaly"])
+def test_attack_target_leaves_the_other_class_alone(digits, target):
+    knn = fitted("knn", digits)
+    x, y = digits.test, digits.test_labels
+    x_adv = ATTACKS.get("pgd")({"target": target}).perturb(knn, x, y, 32 / 255)
+    attacked = y == (0 if target == "normal" else 1)
+    assert torch.equal(x_adv[~attacked], x[~attacked])
+    assert (x_adv[attacked] - x[attacked]).abs().amax() > 0
+    with pytest.raises(BenchError, match="target.*both"):
+        ATTACKS.get("pgd")({"target": "normals"})
+
+
+def test_lower_bounds_and_min_count():
+    bound = lower_bounds(100, 0.001)
+    assert bound[0] == 0 and np.all(np.diff(bound) > 0) and bound[-1] < 1
+    assert min_count(0.0, 0.25, 100, 0.001) < min_count(0.25, 0.25, 100, 0.001) <= 101
+    assert min_count(10.0, 0.25, 100, 0.001) == 101  # no count out of 100 certifies 40 sigma
+
+
+def test_certificates_are_sound_for_a_linear_score():
+    # score w·x with |w| = 1: the exact L2 distance to the decision boundary is |w·x - t|
+    torch.manual_seed(0)
+    w = torch.randn(1, 1, 4, 4)
+    w /= w.norm()
+    x = torch.rand(200, 1, 4, 4)
+    labels = (torch.rand(200) < 0.5).numpy().astype(int)
+    x[labels == 1] += 0.3 * w[0]  # anomalies sit further along w
+
+    def score(z):
+        return (z * w).flatten(1).sum(1)
+
+    cfg = CertifyConfig(sigmas=(0.25,), n0=50, n=500, radii=(0.0, 0.1, 0.2, 0.4), threshold_quantile=0.5)
+    rows = certify(score, x, labels, x[labels == 0], 0.25, cfg)
+    accuracy = [r["certified_accuracy"] for r in rows]
+    aurocs = [r["certified_auroc"] for r in rows]
+    assert accuracy == sorted(accuracy, reverse=True) and aurocs == sorted(aurocs, reverse=True)
+    assert aurocs[0] <= auroc(labels, score(x).numpy()) + 0.02
+    # soundness: no image is certified beyond its true distance to the boundary
+    margin = (score(x) - rows[0]["threshold"]).abs().numpy()
+    correct = (score(x).numpy() > rows[0]["threshold"]).astype(int) == labels
+    for r in rows:
+        assert r["certified_accuracy"] <= np.mean(correct & (margin >= r["radius"])) + 0.01
+    assert certified_auroc(np.sort(np.random.rand(10, 5)), np.array([0, 1] * 5), 6) == 0.0
+
+
+def test_sanity_checks_flag_masking_and_broken_attacks(tmp_path, digits):
+    cfg = tiny_grid(tmp_path, methods="masked,knn,ae", attacks="clean,pgd,helpful-pgd,eps0-leak", classes="3",
+                    eps="8/255,32/255")
+    cfg.checks.square_queries = 200
+    summary = Runner(cfg).run()
+    assert not summary.failed and summary.checked == 3
+    with Store(tmp_path) as store:
+        checks, results = store.checks(), store.results()
+    failed = {(r.method, r.attack, r.name) for r in checks.itertuples() if not r.passed}
+    assert ("masked", "pgd", "black-box") in failed
+    assert ("masked", "pgd", "large-eps") in failed
+    assert ("ae", "helpful-pgd", "monotone") in failed
+    assert ("knn", "eps0-leak", "eps0") in failed
+    assert not {(a, n) for m, a, n in failed if m == "knn" and a == "pgd"}  # a sound attack passes
+    table = leaderboard.wide(results, checks=checks)
+    assert "!" in table.loc["masked", "digits pgd 32/255"] and "B" in table.loc["masked", "digits pgd 32/255"]
+    assert table.loc["knn", "digits worst-linf 32/255"].endswith("pgd")
+    assert any("gradient masking" in line for line in leaderboard.flag_legend(table))
+    audit = audit_tables(results, checks)[0]
+    assert "black-box on pgd" in " ".join(str(c) for col in audit.columns for c in col._cells)
+    # a second run computes nothing: checks are stored with the results
+    again = Runner(cfg).run()
+    assert again.computed == 0 and again.checked == 0
+
+
+def test_certification_runs_for_certifiable_or_all_methods(tmp_path):
+    cfg = tiny_grid(tmp_path, methods="knn", attacks="clean", classes="3")
+    cfg.checks.enabled = False
+    cfg.certify.methods, cfg.certify.n0, cfg.certify.n = "all", 20, 100
+    assert Runner(cfg).run().certified == 1
+    with Store(tmp_path) as store:
+        table = store.certified()
+    assert len(table) == len(cfg.certify.radii)
+    assert table["certified_accuracy"].is_monotonic_decreasing
+    cfg.certify.methods = "certifiable"  # knn is not flagged certifiable: nothing to do
+    assert Runner(cfg).run().certified == 0
