@@ -33,6 +33,8 @@ def _fill(store: Store, rng: np.random.Generator, with_scores: bool = True) -> N
                             metrics={"auroc": float(rng.uniform(0.3, 0.95))}, n_test=200,
                             labels=labels if with_scores else None, scores=scores if with_scores else None,
                         ))
+    store.put_certified([(f"c-{m}-{c}", f"{m}|digits|{c}|0", m, "digits", c, 0, 0.25, r, 0.0, max(0.0, 0.9 - r),
+                          0.5, 0.1) for m in METHODS for c in ("0", "1") for r in (0.0, 0.25, 0.5)])
     store.put(JobResult(key="failed", train_key="t", status="failed", method=METHODS[0], dataset=DATASETS[0],
                         normal_class="0", seed=0, attack="pgd", norm="linf", eps=16 / 255, config={},
                         error="boom"))
@@ -50,7 +52,8 @@ def test_make_plots_writes_every_png(tmp_path: Path) -> None:
     with Store(tmp_path / "results") as store:
         _fill(store, np.random.default_rng(0))
         paths = make_plots(store, tmp_path / "plots")
-    expected = {f"auroc_vs_eps_{d}.png" for d in DATASETS}
+    expected = {f"auroc_vs_eps_{d}.png" for d in DATASETS} | {f"robustness_{d}.png" for d in DATASETS}
+    expected.add("certified_digits.png")
     expected |= {f"scores_{d}_{safe_name(m)}.png" for d in DATASETS for m in METHODS}
     assert {p.name for p in paths} == expected
     assert "scores_toy_ae_robust.png" in expected
@@ -64,7 +67,7 @@ def test_make_plots_filters_and_skips_missing_scores(tmp_path: Path) -> None:
     with Store(tmp_path / "results") as store:
         _fill(store, np.random.default_rng(1), with_scores=False)
         paths = make_plots(store, tmp_path / "plots", methods=[METHODS[0]], datasets=["toy"])
-    assert [p.name for p in paths] == ["auroc_vs_eps_toy.png"]  # no scores stored: no histograms
+    assert [p.name for p in paths] == ["auroc_vs_eps_toy.png", "robustness_toy.png"]  # no scores: no histograms
     _assert_png(paths[0])
 
 

@@ -1,4 +1,5 @@
-"""PNG plots built from the store: AUROC against eps per dataset, and clean vs attacked score histograms."""
+"""PNG plots built from the store: AUROC against eps per dataset (every attack, and the worst case per
+model), certified accuracy against L2 radius, and clean vs attacked score histograms."""
 
 from __future__ import annotations
 
@@ -98,6 +99,70 @@ def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
     return paths
 
 
+def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
+    """One PNG per dataset: per method, mean ± std over models of the worst-case AUROC over all attacks of a
+    norm at each eps (eps 0 is the clean AUROC); one subplot per norm."""
+    ok = results[(results["status"] == "ok") & results["auroc"].notna()]
+    paths: list[Path] = []
+    for dataset in sorted(ok["dataset"].unique()):
+        data = ok[ok["dataset"] == dataset]
+        norms = _norms(data)
+        if not norms:
+            continue
+        attacked = data[data["norm"] != "none"]
+        # each model's lowest AUROC per (norm, eps), whether one attack ran there or several
+        lowest = attacked.loc[attacked.groupby(["train_key", "norm", "eps"])["auroc"].idxmin()]
+        methods = sorted(data["method"].unique())
+        fig, axes = plt.subplots(1, len(norms), figsize=(5.2 * len(norms) + 2.2, 4.2), squeeze=False,
+                                 layout="constrained")
+        for ax, norm in zip(axes[0], norms):
+            for i, method in enumerate(methods):
+                clean = data.loc[(data["method"] == method) & (data["attack"] == "clean"), "auroc"]
+                rows = lowest[(lowest["method"] == method) & (lowest["norm"] == norm)]
+                stats = [(float(e), *_mean_std(g["auroc"])) for e, g in rows.groupby("eps")]
+                if not clean.empty:
+                    stats.insert(0, (0.0, *_mean_std(clean)))
+                if not stats:
+                    continue
+                x, mean, std = (np.array(c) for c in zip(*stats))
+                colour = plt.get_cmap("tab10")(i % 10)
+                ax.plot(x, mean, marker=MARKERS[i % len(MARKERS)], color=colour, lw=1.6, ms=5, label=method)
+                ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.1, lw=0)
+            ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+            ticks = sorted({0.0, *map(float, lowest.loc[lowest["norm"] == norm, "eps"])})
+            ax.set_xticks(ticks, [eps_label(e, norm) for e in ticks])
+            ax.set_ylim(0, 1)
+            ax.set_xlabel(f"eps ({norm})")
+            ax.set_ylabel("worst-case AUROC")
+            ax.set_title(NORM_TITLE.get(norm, f"{norm} attacks"))
+            ax.grid(alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right center", fontsize="small", frameon=False)
+        fig.suptitle(f"{dataset}: robustness curve, worst case over attacks (mean ± std over classes and seeds)")
+        paths.append(_save(fig, folder / f"robustness_{safe_name(str(dataset))}.png"))
+    return paths
+
+
+def plot_certified(certified: pd.DataFrame, folder: Path) -> list[Path]:
+    """One PNG per dataset: certified accuracy against L2 radius, a line per method and sigma."""
+    paths: list[Path] = []
+    for dataset in sorted(certified["dataset"].unique()):
+        data = certified[certified["dataset"] == dataset]
+        fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+        for i, ((method, sigma), rows) in enumerate(data.groupby(["method", "sigma"])):
+            curve = rows.groupby("radius")["certified_accuracy"].mean()
+            ax.plot(curve.index, curve.values, marker=MARKERS[i % len(MARKERS)],
+                    ls=LINESTYLES[i % len(LINESTYLES)], label=f"{method} σ={sigma:g}")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("L2 radius")
+        ax.set_ylabel("certified accuracy")
+        ax.grid(alpha=0.3)
+        fig.legend(loc="outside right center", fontsize="small", frameon=False)
+        fig.suptitle(f"{dataset}: certified accuracy of the smoothed detectors (mean over classes and seeds)")
+        paths.append(_save(fig, folder / f"certified_{safe_name(str(dataset))}.png"))
+    return paths
+
+
 def _strongest(rows: pd.DataFrame) -> pd.Series | None:
     """The attacked job to show: pgd if run, else any Linf attack, else any attack; at the largest eps."""
     attacked = rows[rows["attack"] != "clean"]
@@ -169,4 +234,10 @@ def make_plots(store: Store, folder: Path, methods: list[str] | None = None,
         results = results[results["method"].isin(methods)]
     if datasets is not None:
         results = results[results["dataset"].isin(datasets)]
-    return plot_auroc_vs_eps(results, folder) + plot_score_histograms(store, results, folder)
+    certified = store.certified()
+    if methods is not None:
+        certified = certified[certified["method"].isin(methods)]
+    if datasets is not None:
+        certified = certified[certified["dataset"].isin(datasets)]
+    return (plot_auroc_vs_eps(results, folder) + plot_robustness_curves(results, folder)
+            + plot_certified(certified, folder) + plot_score_histograms(store, results, folder))
