@@ -18,7 +18,8 @@ class Split:
     All images are float tensors in [0, 1] of shape N×C×H×W. ``test_labels`` is 0 for normal and 1 for
     anomaly. ``test_masks`` (N×H×W, bool) exists where the dataset has pixel ground truth.
     ``anomalies`` are a few labelled anomalies (kept out of the test set) for methods with
-    ``needs_anomalies``; ``test_defects`` names the kind of each test anomaly ("" for normals).
+    ``needs_anomalies``; ``test_defects`` names the kind of each test anomaly ("" for normals);
+    ``known_defects`` are the kinds the held-out anomalies were drawn from (the others are unseen).
     """
 
     train: torch.Tensor
@@ -28,6 +29,7 @@ class Split:
     test_defects: list[str] | None = None
     anomalies: torch.Tensor | None = None
     anomaly_masks: torch.Tensor | None = None
+    known_defects: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.test)
