@@ -26,7 +26,8 @@ from robust_ad_bench.benchmark.config import GridConfig, Job, expand_grid
 from robust_ad_bench.benchmark.errors import BenchError
 from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
 from robust_ad_bench.benchmark.store import JobResult, Store
-from robust_ad_bench.datasets.base import Split, TrainSet
+from robust_ad_bench.datasets.base import Split, TrainSet, seeded_generator
+from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies
 
 SCORE_BATCH = 512
 BOOTSTRAP_ROUNDS = 200  # 95 % CI of each job's AUROC, for single runs (the evaluation protocol)
@@ -88,6 +89,16 @@ def seed_everything(key: str) -> None:
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([fn(b).detach().float().cpu() for b in x.split(SCORE_BATCH)]).numpy()
+
+
+def make_split(dataset: str, normal_class: str, seed: int, few: dict[str, Any] | None = None) -> Split:
+    """The data of a job; with the few-anomaly option (``Job.config["few_anomalies"]``), ``n_anomalies``
+    labelled anomalies are drawn (deterministically from the seed) and removed from the test set."""
+    split = DATASETS.get(dataset)().split(normal_class, seed)
+    if few:
+        generator = seeded_generator(dataset, seed, normal_class, "known-anomalies")
+        split = hold_out_anomalies(split, few["n_anomalies"], few["known_defects"], generator)
+    return split
 
 
 def job_result(job: Job, status: str, **fields: Any) -> JobResult:
@@ -152,9 +163,10 @@ class Runner:
             self.hooks.job_done(job, True)
 
     def _split(self, job: Job) -> Split:
-        ident = (job.dataset, job.normal_class, job.seed)
+        few = job.config.get("few_anomalies")
+        ident = (job.dataset, job.normal_class, job.seed, repr(few))
         if self._split_cache is None or self._split_cache[0] != ident:
-            split = DATASETS.get(job.dataset)().split(job.normal_class, job.seed)
+            split = make_split(job.dataset, job.normal_class, job.seed, few)
             self._split_cache = (ident, split)
         return self._split_cache[1]
 

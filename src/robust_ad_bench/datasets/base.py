@@ -61,6 +61,9 @@ class Dataset:
     image_shape: ClassVar[tuple[int, int, int]] = (1, 8, 8)
     # eps values of the default grid, per norm, in pixel units ([0, 1] images)
     default_eps: ClassVar[dict[str, tuple[float, ...]]] = {"linf": (8 / 255,), "l2": (0.5,)}
+    # the anomaly types named in ``test_defects`` when they are the same for every class (checked
+    # before a run with ``known_defects``); empty: checked when the split is made
+    defect_kinds: ClassVar[tuple[str, ...]] = ()
 
     def classes(self) -> list[str]:
         """The normal classes or categories, as strings (CLI ``--classes`` picks among them)."""

@@ -61,8 +61,9 @@ class TorchvisionFeatures(nn.Module):
 
         if name not in TORCHVISION_STAGES:
             raise unknown_choice("torchvision backbone", name, [*TORCHVISION_STAGES, "pretext"])
+        path = find_weights(name, weights)  # first: a missing file fails before building the model
         model = torchvision.models.get_model(name, weights=None)
-        state = torch.load(find_weights(name, weights), map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         stages = TORCHVISION_STAGES[name]
         self.body = create_feature_extractor(model.eval(), {s: s for s in stages})
