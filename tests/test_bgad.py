@@ -174,3 +174,15 @@ def test_torchvision_backbone_from_a_local_weights_file(tmp_path):
         METHODS.get("bgad")((1, 32, 32), {"backbone": "resnet18", "weights": str(tmp_path / "none.pth")})
     with pytest.raises(BenchError, match="unknown torchvision backbone 'vgg1'"):
         METHODS.get("bgad")((1, 32, 32), {"backbone": "vgg1"})
+
+
+def test_paper_config_parses_and_its_parameters_are_valid():
+    from robust_ad_bench.benchmark.config import load_yaml
+    from robust_ad_bench.benchmark.params import build_config
+
+    data = load_yaml("bgad_mvtec")  # the mvtec data is not needed to check the grid options
+    assert data["n_anomalies"] == 10 and data["datasets"] == ["mvtec"]
+    for name, params in data["method_params"].items():
+        config = build_config(METHODS.get(name).Config, params, name)
+        assert config.backbone == "efficientnet_b6" and config.image_size == 256
+    assert build_config(METHODS.get("bgad").Config, data["method_params"]["bgad"], "bgad").beta == 0.01

@@ -55,7 +55,7 @@ class BGADConfig(FlowADConfig):
     boundary_weight: float = 1.0  # weight of the semi-push-pull terms
     focal_gamma: float = 0.0  # > 0: focal weighting of the terms
     normal_only_epochs: int = 1
-    n_pasted: int = 0  # synthetic anomalies from defect cut-and-paste (0: off)
+    n_pasted: int = 200  # synthetic anomalies from defect cut-and-paste (0: off)
     anomaly_fraction: float = 0.25  # anomalous vectors per step, as a fraction of batch_size
     mask_threshold: float = 0.25  # a feature cell is anomalous when this fraction of its pixels is
 
