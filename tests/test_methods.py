@@ -70,7 +70,8 @@ def test_flags_and_bad_params():
     assert METHODS.get("ae-at").adversarially_trained and not METHODS.get("ae").adversarially_trained
     for name in BUILTIN:
         cls = METHODS.get(name)
-        assert not (cls.stochastic or cls.purifies or cls.needs_anomalies or cls.certifiable)
+        assert not (cls.stochastic or cls.purifies or cls.certifiable)
+        assert cls.needs_anomalies == (name == "bgad")
     with pytest.raises(BenchError, match="unknown knn features 'edges'"):
         METHODS.get("knn")((1, 8, 8), {"features": "edges"})
     with pytest.raises(BenchError, match="method 'ae'.epochs must be int"):

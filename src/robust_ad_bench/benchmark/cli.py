@@ -1,4 +1,4 @@
-"""Command line: ``robust-ad-bench run | list | leaderboard | export | plot``."""
+"""Command line: ``robust-ad-bench run | list | leaderboard | defects | export | plot``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         args.config, methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
         seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
         checks=False if args.no_checks else None,
+        n_anomalies=args.n_anomalies, known_defects=args.known_defects,
     )
     runner = Runner(cfg)  # validates every name and parameter before anything runs
     if args.dry_run:
@@ -147,6 +148,22 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_defects(args: argparse.Namespace, console: Console) -> int:
+    from robust_ad_bench.benchmark import defects
+
+    with open_existing(args.out) as store:
+        table = defects.defect_table(store)
+    if table.empty:
+        console.print("[yellow]no finished jobs run with --n-anomalies (and defect names) to break down[/yellow]")
+        return 0
+    table_console().print(defects.summarize(table).to_string())
+    ensure_writable(args.out)
+    path = Path(args.out) / "defects.csv"
+    table.to_csv(path, index=False)
+    console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     with open_existing(args.out) as store:
         results = store.results()
@@ -191,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default: results)")
     run.add_argument("--config", help="YAML file with the same options (flags override it)")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--n-anomalies", help="hold out this many labelled test anomalies per class; methods "
+                                           "that need anomalies train on them (default: 0)")
+    run.add_argument("--known-defects", help="comma-separated defect types the held-out anomalies are drawn "
+                                             "from (default: all types)")
     run.add_argument("--dry-run", action="store_true", help="print the grid and what is left to compute")
     run.add_argument("--no-checks", action="store_true",
                      help="skip the sanity checks of the attacks (they are on by default)")
@@ -207,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", default="results", help="results folder (default: results)")
     plot = sub.add_parser("plot", parents=[common], help="write PNG plots: AUROC against eps, score histograms")
     plot.add_argument("--out", default="results", help="results folder (default: results)")
+    dfx = sub.add_parser("defects", parents=[common],
+                         help="AUROC per defect type and on seen vs unseen types (few-anomaly grids)")
+    dfx.add_argument("--out", default="results", help="results folder (default: results)")
     exp = sub.add_parser("export", parents=[common], help="write one row per job")
     exp.add_argument("--out", default="results", help="results folder (default: results)")
     exp.add_argument("--format", default="csv", help="csv or json (default: csv)")
@@ -215,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "export": cmd_export,
-            "plot": cmd_plot, "audit": cmd_audit}
+            "plot": cmd_plot, "audit": cmd_audit, "defects": cmd_defects}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,10 @@ class GridConfig:
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     checks: CheckConfig = field(default_factory=CheckConfig)  # sanity checks (YAML: mapping, or false)
     certify: CertifyConfig = field(default_factory=CertifyConfig)  # randomized-smoothing certification
+    # few-anomaly protocol: hold out this many labelled test anomalies per class (for every method, so all
+    # are tested on the same set); methods with ``needs_anomalies`` train on them. 0: off.
+    n_anomalies: int = 0
+    known_defects: list[str] | None = None  # draw them only from these defect types (the rest: unseen)
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
     """YAML options, then CLI flags (those not None) on top."""
     data = load_yaml(yaml_path) if yaml_path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("methods", "datasets", "attacks", "seeds"):
+    for key in ("methods", "datasets", "attacks", "seeds", "known_defects"):
         if key in data:
             data[key] = _as_list(data[key])
     try:
@@ -134,6 +138,14 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
     except (TypeError, ValueError):
         raise BenchError(f"seeds must be integers, got {data.get('seeds')!r}") from None
     data["eps"] = parse_eps_spec(data.get("eps"))
+    n_anomalies = data.get("n_anomalies", 0)
+    if isinstance(n_anomalies, str) and n_anomalies.strip().isdigit():  # from the CLI
+        n_anomalies = int(n_anomalies)
+    if isinstance(n_anomalies, bool) or not isinstance(n_anomalies, int) or n_anomalies < 0:
+        raise BenchError(f"n_anomalies must be a non-negative integer, got {n_anomalies!r}")
+    data["n_anomalies"] = n_anomalies
+    if data.get("known_defects") and not data.get("n_anomalies"):
+        raise BenchError("known_defects is set but n_anomalies is 0; give n_anomalies too")
     if isinstance(data.get("classes"), str):
         data["classes"] = _as_list(data["classes"])
     for key in ("method_params", "attack_params"):
@@ -196,9 +208,17 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                                                f"method '{m}'")) for m in methods}
     attack_cfgs = {a: config_dict(build_config(ATTACKS.get(a).Config, cfg.attack_params.get(a),
                                                f"attack '{a}'")) for a in attacks}
+    few = None
+    if cfg.n_anomalies > 0:  # only then in the keys: grids without it keep their keys
+        known = sorted({str(d) for d in cfg.known_defects}) if cfg.known_defects else None
+        few = {"n_anomalies": cfg.n_anomalies, "known_defects": known}
     jobs: list[Job] = []
     for ds_name in datasets:
         dataset = DATASETS.get(ds_name)()
+        if few and few["known_defects"] and dataset.defect_kinds:
+            for kind in few["known_defects"]:
+                if kind not in dataset.defect_kinds:
+                    raise unknown_choice(f"known defect type of dataset '{ds_name}'", kind, dataset.defect_kinds)
         for cls in _classes_for(cfg, dataset):
             for seed in cfg.seeds:
                 for m in methods:
@@ -206,14 +226,17 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                     train = {"method": m, "method_version": method.version, "params": method_cfgs[m],
                              "dataset": ds_name, "dataset_version": dataset.version,
                              "normal_class": cls, "seed": seed}
+                    if few and method.needs_anomalies:  # the anomalies it trains on
+                        train["anomalies_seen"] = few
                     train_key = content_key(train)
+                    tested = {**train, "few_anomalies": few} if few else train  # the reduced test set
                     for a in attacks:
                         attack = ATTACKS.get(a)
                         norm = attack.norm
                         eps_list = [0.0] if norm == "none" else (
                             (cfg.eps or {}).get(norm) or list(dataset.default_eps[norm]))
                         for eps in eps_list:
-                            config = {**train, "attack": a, "attack_version": attack.version,
+                            config = {**tested, "attack": a, "attack_version": attack.version,
                                       "attack_params": attack_cfgs[a], "norm": norm, "eps": round(eps, 10)}
                             jobs.append(Job(m, ds_name, cls, seed, a, norm, float(eps), train_key,
                                             content_key({"train_key": train_key, **config}), config))

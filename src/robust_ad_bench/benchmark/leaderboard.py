@@ -8,6 +8,7 @@ black-box attack beat it, see ``FLAG_LEGEND``); for each norm and eps attacked b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -114,9 +115,20 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
     at = results.groupby("method")["adversarially_trained"].any()
     failed = results[results["status"] == "failed"].groupby("method").size()
     table.insert(0, "AT", ["yes" if at.get(m, False) else "" for m in table.index])
+    seen = saw_anomalies(results)
+    if seen.any():  # only grids run with the few-anomaly protocol get the column
+        table.insert(1, "SA", ["yes" if seen.get(m, False) else "" for m in table.index])
     table["failed"] = [int(failed.get(m, 0)) for m in table.index]
     table.index.name = "method"
     return table
+
+
+def saw_anomalies(results: pd.DataFrame) -> pd.Series:
+    """Per method: whether it trained on labelled anomalies (the ``anomalies_seen`` entry of its config)."""
+    if "config" not in results or results.empty:
+        return pd.Series(dtype=bool)
+    configs = results["config"].map(lambda c: json.loads(c) if isinstance(c, str) else (c or {}))
+    return configs.map(lambda c: bool(c.get("anomalies_seen"))).groupby(results["method"]).any()
 
 
 def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None:
@@ -124,20 +136,24 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
     if table.empty:
         console.print("[yellow]no finished jobs to show[/yellow]")
         return
-    metric_cols = [c for c in table.columns if c not in ("AT", "failed")]
+    flags = [c for c in ("AT", "SA") if c in table.columns]
+    metric_cols = [c for c in table.columns if c not in (*flags, "failed")]
     for dataset in dict.fromkeys(c.split(" ", 1)[0] for c in metric_cols):
         cols = [c for c in metric_cols if c.split(" ", 1)[0] == dataset]
         out = Table(title=f"{METRICS[metric]} on {dataset} (mean ± std over classes and seeds)")
         out.add_column("method", style="bold", no_wrap=True)
-        out.add_column("AT")
+        for flag in flags:
+            out.add_column(flag)
         for col in cols:
             out.add_column(col.split(" ", 1)[1], justify="right", no_wrap=True)
         out.add_column("failed", justify="right")
         for method, row in table.iterrows():
             failed = f"[red]{row['failed']}[/red]" if row["failed"] else ""
-            out.add_row(str(method), row["AT"], *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
+            out.add_row(str(method), *(row[f] for f in flags), *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
         console.print(out)
-    console.print("AT: adversarially trained. Robust columns: the attack at that eps, both classes attacked; "
+    seen = "SA: saw a few labelled test anomalies in training (held out of every method's test set). " \
+        if "SA" in flags else ""
+    console.print(f"AT: adversarially trained. {seen}Robust columns: the attack at that eps, both classes attacked; "
                   "worst-<norm>: per model, the lowest AUROC over the attacks of that norm, and the attack that "
                   "achieved it most often.")
     for line in flag_legend(table):
@@ -146,7 +162,7 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
 
 def flag_legend(table: pd.DataFrame) -> list[str]:
     """One line per check flag that appears in the table."""
-    text = " ".join(str(v) for v in table.drop(columns=["AT", "failed"], errors="ignore").values.ravel())
+    text = " ".join(str(v) for v in table.drop(columns=["AT", "SA", "failed"], errors="ignore").values.ravel())
     shown = {c for word in text.split() if word.startswith("!") for c in word[1:]}
     return [f"!{flag}: {meaning}" for flag, meaning in FLAG_LEGEND.items() if flag in shown]
 

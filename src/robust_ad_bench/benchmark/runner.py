@@ -29,7 +29,8 @@ from robust_ad_bench.benchmark.errors import BenchError
 from robust_ad_bench.benchmark.params import config_dict
 from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
 from robust_ad_bench.benchmark.store import JobResult, Store
-from robust_ad_bench.datasets.base import Split, TrainSet
+from robust_ad_bench.datasets.base import Split, TrainSet, seeded_generator
+from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies
 
 SCORE_BATCH = 512
 BOOTSTRAP_ROUNDS = 200  # 95 % CI of each job's AUROC, for single runs (the evaluation protocol)
@@ -93,6 +94,16 @@ def seed_everything(key: str) -> None:
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([fn(b).detach().float().cpu() for b in x.split(SCORE_BATCH)]).numpy()
+
+
+def make_split(dataset: str, normal_class: str, seed: int, few: dict[str, Any] | None = None) -> Split:
+    """The data of a job; with the few-anomaly option (``Job.config["few_anomalies"]``), ``n_anomalies``
+    labelled anomalies are drawn (deterministically from the seed) and removed from the test set."""
+    split = DATASETS.get(dataset)().split(normal_class, seed)
+    if few:
+        generator = seeded_generator(dataset, seed, normal_class, "known-anomalies")
+        split = hold_out_anomalies(split, few["n_anomalies"], few["known_defects"], generator)
+    return split
 
 
 def job_result(job: Job, status: str, **fields: Any) -> JobResult:
@@ -174,9 +185,10 @@ class Runner:
             self.hooks.job_done(job, True)
 
     def _split(self, job: Job) -> Split:
-        ident = (job.dataset, job.normal_class, job.seed)
+        few = job.config.get("few_anomalies")
+        ident = (job.dataset, job.normal_class, job.seed, repr(few))
         if self._split_cache is None or self._split_cache[0] != ident:
-            split = DATASETS.get(job.dataset)().split(job.normal_class, job.seed)
+            split = make_split(job.dataset, job.normal_class, job.seed, few)
             self._split_cache = (ident, split)
         return self._split_cache[1]
 
@@ -242,13 +254,15 @@ class Runner:
         attacks = {job.attack: [job.config["attack_version"], job.config["attack_params"]] for job in group}
         eps = sorted({(job.attack, job.eps) for job in group})
         return content_key({"train_key": group[0].train_key, "checks": config_dict(self.cfg.checks),
-                            "version": CHECKS_VERSION, "attacks": attacks, "eps": eps})
+                            "version": CHECKS_VERSION, "attacks": attacks, "eps": eps,
+                            "test_set": group[0].config.get("few_anomalies")})
 
     def _cert_key(self, group: list[Job]) -> str | None:
         which = self.cfg.certify.methods
         if which == "none" or which == "certifiable" and not METHODS.get(group[0].method).certifiable:
             return None
-        return content_key({"train_key": group[0].train_key, "certify": config_dict(self.cfg.certify)})
+        return content_key({"train_key": group[0].train_key, "certify": config_dict(self.cfg.certify),
+                            "test_set": group[0].config.get("few_anomalies")})
 
     def _checks(self, group: list[Job], detector: torch.nn.Module, split: Split, store: Store,
                 summary: RunSummary) -> None:
@@ -262,7 +276,7 @@ class Runner:
             return metrics.auroc(labels, self._attacked_scores(detector, split, attack, params, eps)[1])
 
         frame = store.results(status="ok")
-        mine = frame[frame["train_key"] == group[0].train_key]
+        mine = frame[frame["key"].isin({job.key for job in group})]
         grid = {(a, float(e)): float(v) for (a, e), v in mine.groupby(["attack", "eps"])["auroc"].mean().items()}
         attacks = {job.attack: job.config["attack_params"] for job in group}
         found = run_checks(attacks, grid, evaluate, self.cfg.checks, int(split.test[0].numel()))

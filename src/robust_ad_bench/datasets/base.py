@@ -18,7 +18,8 @@ class Split:
     All images are float tensors in [0, 1] of shape N×C×H×W. ``test_labels`` is 0 for normal and 1 for
     anomaly. ``test_masks`` (N×H×W, bool) exists where the dataset has pixel ground truth.
     ``anomalies`` are a few labelled anomalies (kept out of the test set) for methods with
-    ``needs_anomalies``; ``test_defects`` names the kind of each test anomaly ("" for normals).
+    ``needs_anomalies``; ``test_defects`` names the kind of each test anomaly ("" for normals);
+    ``known_defects`` are the kinds the held-out anomalies were drawn from (the others are unseen).
     """
 
     train: torch.Tensor
@@ -28,6 +29,7 @@ class Split:
     test_defects: list[str] | None = None
     anomalies: torch.Tensor | None = None
     anomaly_masks: torch.Tensor | None = None
+    known_defects: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.test)
@@ -59,6 +61,9 @@ class Dataset:
     image_shape: ClassVar[tuple[int, int, int]] = (1, 8, 8)
     # eps values of the default grid, per norm, in pixel units ([0, 1] images)
     default_eps: ClassVar[dict[str, tuple[float, ...]]] = {"linf": (8 / 255,), "l2": (0.5,)}
+    # the anomaly types named in ``test_defects`` when they are the same for every class (checked
+    # before a run with ``known_defects``); empty: checked when the split is made
+    defect_kinds: ClassVar[tuple[str, ...]] = ()
 
     def classes(self) -> list[str]:
         """The normal classes or categories, as strings (CLI ``--classes`` picks among them)."""

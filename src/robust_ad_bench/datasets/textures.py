@@ -125,6 +125,7 @@ class Textures(Dataset):
     version = "1"
     image_shape = (1, PATCH, PATCH)
     default_eps = {"linf": (2 / 255, 4 / 255), "l2": (0.25, 0.5)}
+    defect_kinds = DEFECT_KINDS
 
     def __init__(self, n_train: int = 240, n_test_normal: int = 60, n_test_anomalous: int = 60) -> None:
         self.n_train = n_train

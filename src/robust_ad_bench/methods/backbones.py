@@ -1,0 +1,130 @@
+"""Frozen multi-level feature extractors for feature-based methods (BGAD and later ones).
+
+- ``TorchvisionFeatures``: an ImageNet-pretrained torchvision CNN, cut after a few stages. Its weights are
+  never downloaded: they come from a local file (``weights``) or from torchvision's own cache when the
+  user already has them there; otherwise a clear error says where to put them.
+- ``PretextFeatures``: without pretrained weights, a small convolutional encoder trained on the normal
+  training images by the autoencoder pretext (reconstruct the image), then frozen. Its stage outputs are
+  the feature levels.
+Both take images in [0, 1] and normalize inside, so attacks and eps stay in pixel units.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
+
+# stage modules whose outputs are the feature levels (strides 4, 8, 16 of the input)
+TORCHVISION_STAGES: dict[str, tuple[str, ...]] = {
+    "resnet18": ("layer1", "layer2", "layer3"),
+    "wide_resnet50_2": ("layer1", "layer2", "layer3"),
+    # EfficientNet: features[2] (stride 4), [3] (stride 8), [5] (end of the stride-16 stages), as the
+    # paper's EfficientNet-B6 stages 1-3
+    "efficientnet_b6": ("features.2", "features.3", "features.5"),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def find_weights(name: str, weights: str) -> Path:
+    """The weights file of a torchvision backbone: ``weights`` if given, else torchvision's cache."""
+    import torchvision
+
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BenchError(f"backbone weights file '{weights}' does not exist")
+        return path
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
+    if not cached.is_file():
+        raise BenchError(
+            f"no pretrained weights for backbone '{name}': not found in torchvision's cache ({cached}). "
+            f"Download {default.url} there, or pass its path as the method parameter 'weights', "
+            f"or use backbone 'pretext' (an encoder trained on the normal data, no download)")
+    return cached
+
+
+class TorchvisionFeatures(nn.Module):
+    """A frozen ImageNet CNN from torchvision; outputs the feature maps of three stages."""
+
+    def __init__(self, name: str, weights: str = "", image_size: int = 256) -> None:
+        super().__init__()
+        import torchvision
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        if name not in TORCHVISION_STAGES:
+            raise unknown_choice("torchvision backbone", name, [*TORCHVISION_STAGES, "pretext"])
+        path = find_weights(name, weights)  # first: a missing file fails before building the model
+        model = torchvision.models.get_model(name, weights=None)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        stages = TORCHVISION_STAGES[name]
+        self.body = create_feature_extractor(model.eval(), {s: s for s in stages})
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        with torch.no_grad():
+            probe = self.body(torch.zeros(1, 3, image_size, image_size))
+        self.channels = [v.shape[1] for v in probe.values()]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # gray images: the same value in the three channels
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return list(self.body((x - self.mean) / self.std).values())
+
+
+class PretextFeatures(nn.Module):
+    """A ``ConvEncoder`` trained by reconstruction on normal images; the outputs of its last ``levels``
+    convolution stages (for 32×32 inputs: 16×16, 8×8 and 4×4) are the feature levels."""
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int = 8, levels: int = 3) -> None:
+        super().__init__()
+        self.image_shape = image_shape
+        self.width = width
+        self.encoder = ConvEncoder(image_shape, width, latent=16)
+        stages = len(self.encoder.features) // 2  # (conv, activation) pairs
+        self.levels = min(levels, stages)
+        self.first = stages - self.levels
+        self.channels = [width * 2**i for i in range(self.first, stages)]
+        self.register_buffer("mean", torch.zeros(1, image_shape[0], 1, 1))
+        self.register_buffer("std", torch.ones(1, image_shape[0], 1, 1))
+
+    def fit(self, images: torch.Tensor, epochs: int, lr: float, batch_size: int = 64) -> list[float]:
+        """Train encoder + a throw-away decoder to reconstruct ``images``; then freeze the encoder."""
+        self.mean.copy_(images.mean((0, 2, 3), keepdim=True))
+        self.std.copy_(images.std((0, 2, 3), keepdim=True).clamp_min(1e-3))
+        decoder = ConvDecoder(self.image_shape, self.width, latent=16).to(images.device)
+        params = [*self.encoder.parameters(), *decoder.parameters()]
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
+        history = []
+        for _ in range(epochs):
+            total = 0.0
+            for idx in torch.randperm(len(images), device=images.device).split(batch_size):
+                z = (images[idx] - self.mean) / self.std
+                loss = (decoder(self.encoder(z)) - z).pow(2).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            history.append(total / len(images))
+        self.requires_grad_(False)
+        return history
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.encoder.features):
+            h = layer(h)
+            if i % 2 == 1 and i // 2 >= self.first:  # after each activation of the kept stages
+                out.append(h)
+        return out

@@ -1,0 +1,3 @@
+"""BGAD and its unsupervised ablation (importing registers ``bgad`` and ``bgad-unsup``)."""
+
+from robust_ad_bench.methods.bgad import bgad  # noqa: F401  (registers)
