@@ -181,3 +181,14 @@ def test_certification_runs_for_certifiable_or_all_methods(tmp_path):
     assert table["certified_accuracy"].is_monotonic_decreasing
     cfg.certify.methods = "certifiable"  # knn is not flagged certifiable: nothing to do
     assert Runner(cfg).run().certified == 0
+
+
+def test_checks_missing_from_an_earlier_run_are_computed_without_recomputing_jobs(tmp_path):
+    cfg = tiny_grid(tmp_path, methods="knn", classes="3")
+    cfg.checks.enabled = False
+    assert Runner(cfg).run().computed == 2
+    cfg.checks.enabled = True  # e.g. a run killed after its jobs, before its checks
+    summary = Runner(cfg).run()
+    assert (summary.computed, summary.checked, summary.trained) == (0, 1, 0)
+    with Store(tmp_path) as store:
+        assert set(store.checks()["name"]) == {"eps0", "monotone", "large-eps", "more-steps", "black-box"}

@@ -139,8 +139,7 @@ class Runner:
             for _, group_iter in itertools.groupby(self.jobs, key=lambda j: j.train_key):
                 group = list(group_iter)
                 todo = [job for job in group if job.key in waiting]
-                if todo or self._check_key(group) and not store.has_checks(self._check_key(group)) \
-                        or self._cert_key(group) and not store.has_certified(self._cert_key(group)):
+                if todo or self._extras_missing(group, store):
                     self._run_group(group, todo, store, summary)
         return summary
 
@@ -263,6 +262,11 @@ class Runner:
             return None
         return content_key({"train_key": group[0].train_key, "certify": config_dict(self.cfg.certify),
                             "test_set": group[0].config.get("few_anomalies")})
+
+    def _extras_missing(self, group: list[Job], store: Store) -> bool:
+        """Whether this model's checks or certificates are still to compute (e.g. after a kill)."""
+        check_key, cert_key = self._check_key(group), self._cert_key(group)
+        return bool(check_key and not store.has_checks(check_key) or cert_key and not store.has_certified(cert_key))
 
     def _checks(self, group: list[Job], detector: torch.nn.Module, split: Split, store: Store,
                 summary: RunSummary) -> None:
