@@ -192,3 +192,14 @@ def test_checks_missing_from_an_earlier_run_are_computed_without_recomputing_job
     assert (summary.computed, summary.checked, summary.trained) == (0, 1, 0)
     with Store(tmp_path) as store:
         assert set(store.checks()["name"]) == {"eps0", "monotone", "large-eps", "more-steps", "black-box"}
+
+
+def test_more_steps_check_flags_an_attack_that_has_not_converged(tmp_path):
+    cfg = tiny_grid(tmp_path, methods="knn", classes="3")
+    cfg.attack_params = {"pgd": {"steps": 1, "step_size": 8 / 255, "random_start": False}}  # far from the edge
+    Runner(cfg).run()
+    with Store(tmp_path) as store:
+        checks = store.checks().set_index("name")
+    assert not checks.loc["more-steps", "passed"]
+    assert checks.loc["more-steps", "value"] < checks.loc["more-steps", "reference"]
+    assert "not converged" in checks.loc["more-steps", "detail"]
