@@ -7,7 +7,9 @@ import torch
 
 from robust_ad_bench.benchmark.config import make_grid_config
 
-TINY_METHOD_PARAMS = {"ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3}}
+TINY_SLA = {"n_projections": 16, "projection_dim": 16, "encoder_epochs": 2}
+TINY_METHOD_PARAMS = {"ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3},
+                      "sla2p": TINY_SLA, "sla": TINY_SLA}
 
 
 @pytest.fixture(autouse=True)

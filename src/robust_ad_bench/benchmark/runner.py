@@ -26,7 +26,7 @@ from robust_ad_bench.benchmark.config import GridConfig, Job, expand_grid
 from robust_ad_bench.benchmark.errors import BenchError
 from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
 from robust_ad_bench.benchmark.store import JobResult, Store
-from robust_ad_bench.datasets.base import Split, TrainSet
+from robust_ad_bench.datasets.base import Split, TrainSet, transductive_split
 
 SCORE_BATCH = 512
 BOOTSTRAP_ROUNDS = 200  # 95 % CI of each job's AUROC, for single runs (the evaluation protocol)
@@ -106,7 +106,7 @@ class Runner:
         self.device = resolve_device(cfg.device)
         self.jobs = expand_grid(cfg)  # validates every name and parameter before anything runs
         self.out = Path(cfg.out)
-        self._split_cache: tuple[tuple[str, str, int], Split] | None = None
+        self._split_cache: tuple[tuple[Any, ...], Split] | None = None
 
     def pending(self, store: Store) -> list[Job]:
         done = store.finished_keys()
@@ -152,9 +152,12 @@ class Runner:
             self.hooks.job_done(job, True)
 
     def _split(self, job: Job) -> Split:
-        ident = (job.dataset, job.normal_class, job.seed)
+        protocol, contamination = job.config.get("protocol", "one-class"), job.config.get("contamination")
+        ident = (job.dataset, job.normal_class, job.seed, protocol, contamination)
         if self._split_cache is None or self._split_cache[0] != ident:
             split = DATASETS.get(job.dataset)().split(job.normal_class, job.seed)
+            if protocol == "transductive":
+                split = transductive_split(split, contamination, job.seed)
             self._split_cache = (ident, split)
         return self._split_cache[1]
 
