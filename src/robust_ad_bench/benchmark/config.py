@@ -17,6 +17,7 @@ from robust_ad_bench.benchmark.checks import CheckConfig
 from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
 from robust_ad_bench.benchmark.params import build_config, config_dict
 from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
+from robust_ad_bench.datasets.base import PROTOCOLS
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd")
 
@@ -41,6 +42,10 @@ class GridConfig:
     # are tested on the same set); methods with ``needs_anomalies`` train on them. 0: off.
     n_anomalies: int = 0
     known_defects: list[str] | None = None  # draw them only from these defect types (the rest: unseen)
+    # "one-class": train on clean normal images, test on held-out normals and anomalies (the leaderboard);
+    # "transductive": train and score one contaminated set (``datasets.base.transductive_split``)
+    protocol: str = "one-class"
+    contamination: float = 0.1  # transductive only: anomalies per normal image
 
 
 @dataclass(frozen=True)
@@ -194,12 +199,29 @@ def _classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
     return picked
 
 
+def _protocol(cfg: GridConfig) -> dict[str, Any]:
+    """The protocol entries of a training key; empty for the default one-class protocol, so the keys of
+    one-class jobs stay what they were."""
+    if cfg.protocol not in PROTOCOLS:
+        raise unknown_choice("protocol", cfg.protocol, PROTOCOLS)
+    if cfg.protocol == "one-class":
+        return {}
+    try:
+        contamination = float(cfg.contamination)
+    except (TypeError, ValueError):
+        raise BenchError(f"contamination must be a number, got {cfg.contamination!r}") from None
+    if not contamination > 0:
+        raise BenchError(f"contamination must be > 0, got {cfg.contamination!r}")
+    return {"protocol": cfg.protocol, "contamination": contamination}
+
+
 def expand_grid(cfg: GridConfig) -> list[Job]:
     """All jobs of the grid, ordered dataset → class → seed → method → attack → eps (so one data split
     and one trained model serve consecutive jobs)."""
     methods = METHODS.resolve(cfg.methods)
     datasets = DATASETS.resolve(cfg.datasets)
     attacks = ATTACKS.resolve(cfg.attacks)
+    protocol = _protocol(cfg)
     for name in cfg.method_params:
         METHODS.get(name)
     for name in cfg.attack_params:
@@ -225,7 +247,7 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                     method = METHODS.get(m)
                     train = {"method": m, "method_version": method.version, "params": method_cfgs[m],
                              "dataset": ds_name, "dataset_version": dataset.version,
-                             "normal_class": cls, "seed": seed}
+                             "normal_class": cls, "seed": seed, **protocol}
                     if few and method.needs_anomalies:  # the anomalies it trains on
                         train["anomalies_seen"] = few
                     train_key = content_key(train)

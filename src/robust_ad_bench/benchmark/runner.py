@@ -29,7 +29,7 @@ from robust_ad_bench.benchmark.errors import BenchError
 from robust_ad_bench.benchmark.params import config_dict
 from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
 from robust_ad_bench.benchmark.store import JobResult, Store
-from robust_ad_bench.datasets.base import Split, TrainSet, seeded_generator
+from robust_ad_bench.datasets.base import Split, TrainSet, seeded_generator, transductive_split
 from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies
 
 SCORE_BATCH = 512
@@ -122,7 +122,7 @@ class Runner:
         self.device = resolve_device(cfg.device)
         self.jobs = expand_grid(cfg)  # validates every name and parameter before anything runs
         self.out = Path(cfg.out)
-        self._split_cache: tuple[tuple[str, str, int], Split] | None = None
+        self._split_cache: tuple[tuple[Any, ...], Split] | None = None
 
     def pending(self, store: Store) -> list[Job]:
         done = store.finished_keys()
@@ -185,9 +185,12 @@ class Runner:
 
     def _split(self, job: Job) -> Split:
         few = job.config.get("few_anomalies")
-        ident = (job.dataset, job.normal_class, job.seed, repr(few))
+        protocol, contamination = job.config.get("protocol", "one-class"), job.config.get("contamination")
+        ident = (job.dataset, job.normal_class, job.seed, repr(few), protocol, contamination)
         if self._split_cache is None or self._split_cache[0] != ident:
             split = make_split(job.dataset, job.normal_class, job.seed, few)
+            if protocol == "transductive":
+                split = transductive_split(split, contamination, job.seed)
             self._split_cache = (ident, split)
         return self._split_cache[1]
 

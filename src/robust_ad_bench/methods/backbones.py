@@ -1,8 +1,12 @@
-"""Frozen multi-level feature extractors for feature-based methods (BGAD and later ones).
+"""Frozen feature extractors for feature-based methods (BGAD, SLA²P).
 
-- ``TorchvisionFeatures``: an ImageNet-pretrained torchvision CNN, cut after a few stages. Its weights are
-  never downloaded: they come from a local file (``weights``) or from torchvision's own cache when the
-  user already has them there; otherwise a clear error says where to put them.
+Pretrained weights are never downloaded. ``find_weights`` takes them from an explicit file, else from the
+folder named by ``ROBUST_AD_BENCH_WEIGHTS``, else from torchvision's own cache (``torch.hub.get_dir()/
+checkpoints``), under torchvision's file names (``resnet50-<hash>.pth``); otherwise a clear error says
+where to put them.
+
+- ``TorchvisionFeatures``: an ImageNet-pretrained torchvision CNN, cut after a few stages (multi-level maps).
+- ``PretrainedFeatures``: the average-pool vector of a frozen torchvision ResNet.
 - ``PretextFeatures``: without pretrained weights, a small convolutional encoder trained on the normal
   training images by the autoencoder pretext (reconstruct the image), then frozen. Its stage outputs are
   the feature levels.
@@ -11,6 +15,7 @@ Both take images in [0, 1] and normalize inside, so attacks and eps stay in pixe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -28,27 +33,42 @@ TORCHVISION_STAGES: dict[str, tuple[str, ...]] = {
     # paper's EfficientNet-B6 stages 1-3
     "efficientnet_b6": ("features.2", "features.3", "features.5"),
 }
+# name -> feature width of the average-pool output (``PretrainedFeatures``)
+BACKBONES = {"resnet18": 512, "resnet50": 2048}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_ENV = "ROBUST_AD_BENCH_WEIGHTS"
 
 
-def find_weights(name: str, weights: str) -> Path:
-    """The weights file of a torchvision backbone: ``weights`` if given, else torchvision's cache."""
-    import torchvision
+def weight_folders() -> list[Path]:
+    folders = [Path(os.environ[WEIGHTS_ENV])] if os.environ.get(WEIGHTS_ENV) else []
+    return folders + [Path(torch.hub.get_dir()) / "checkpoints"]
 
+
+def local_weights(name: str) -> Path | None:
+    """The first local weight file of torchvision model ``name`` (``name-<hash>.pth``), or None."""
+    for folder in weight_folders():
+        found = sorted(folder.glob(f"{name}-*.pth")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def find_weights(name: str, weights: str = "") -> Path:
+    """The weights file of a torchvision backbone: ``weights`` if given, else ``local_weights(name)``."""
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise BenchError(f"backbone weights file '{weights}' does not exist")
         return path
-    default = torchvision.models.get_model_weights(name).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
-    if not cached.is_file():
+    found = local_weights(name)
+    if found is None:
+        folders = ", ".join(str(f) for f in weight_folders())
         raise BenchError(
-            f"no pretrained weights for backbone '{name}': not found in torchvision's cache ({cached}). "
-            f"Download {default.url} there, or pass its path as the method parameter 'weights', "
-            f"or use backbone 'pretext' (an encoder trained on the normal data, no download)")
-    return cached
+            f"no pretrained weights for backbone '{name}': looked for {name}-*.pth in {folders}. Put "
+            f"torchvision's file there (or set {WEIGHTS_ENV} to its folder), or pass its path as the method "
+            f"parameter 'weights', or use features trained on the normal data (no download)")
+    return found
 
 
 class TorchvisionFeatures(nn.Module):
@@ -128,3 +148,38 @@ class PretextFeatures(nn.Module):
             if i % 2 == 1 and i // 2 >= self.first:  # after each activation of the kept stages
                 out.append(h)
         return out
+
+
+class PretrainedFeatures(nn.Module):
+    """Average-pool features of a frozen torchvision ResNet at ``size`` px.
+
+    Input: images in [0, 1], N×C×H×W with C = 1 or 3 (gray is repeated to RGB); resized with bilinear
+    interpolation (differentiable) and normalized with the ImageNet statistics inside.
+    """
+
+    def __init__(self, name: str, size: int = 224) -> None:
+        super().__init__()
+        import torchvision  # only imported when a pretrained backbone is used
+
+        if name not in BACKBONES:
+            raise unknown_choice("backbone", name, BACKBONES)
+        path = find_weights(name)
+        net = getattr(torchvision.models, name)(weights=None)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.fc = nn.Identity()
+        self.net = net.eval().requires_grad_(False)
+        self.size = size
+        self.out_features = BACKBONES[name]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> PretrainedFeatures:
+        super().train(mode)
+        self.net.eval()  # frozen: batch-norm statistics never move
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.net((x - self.mean) / self.std)
