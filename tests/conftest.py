@@ -9,7 +9,9 @@ from robust_ad_bench.benchmark.config import make_grid_config
 
 TINY_FLOW = {"pretext_epochs": 2, "epochs": 2, "coupling_blocks": 2, "pos_dim": 8}
 TINY_METHOD_PARAMS = {"ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3},
-                      "bgad": TINY_FLOW, "bgad-unsup": TINY_FLOW}
+                      "bgad": TINY_FLOW, "bgad-unsup": TINY_FLOW,
+                      "advrad": {"epochs": 5, "width": 4, "noise_step": 100},
+                      "diffpure-ae": {"epochs": 2, "width": 4, "detector_params": {"epochs": 3}}}
 
 
 @pytest.fixture(autouse=True)
