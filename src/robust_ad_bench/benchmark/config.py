@@ -132,8 +132,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConfig:
-    """YAML options, then CLI flags (those not None) on top."""
-    data = load_yaml(yaml_path) if yaml_path else {}
+    """YAML options (the packaged ``default`` grid when no file is given), then CLI flags (those not None)
+    on top."""
+    data = load_yaml(yaml_path or "default")
     data.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("methods", "datasets", "attacks", "seeds", "known_defects"):
         if key in data:

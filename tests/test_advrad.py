@@ -1,0 +1,163 @@
+"""AdvRAD and diffpure-ae: noise schedule, one-shot denoising, score, gradients, runner flags, paper config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_METHOD_PARAMS, tiny_grid
+from robust_ad_bench.benchmark.config import load_yaml, make_grid_config
+from robust_ad_bench.benchmark.errors import BenchError
+from robust_ad_bench.benchmark.registry import DATASETS, METHODS
+from robust_ad_bench.benchmark.runner import Runner
+from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.methods.diffusion import LinearSchedule, SmallUNet, denoise, multiscale_error
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return DATASETS.get("digits")().split("0", seed=0)
+
+
+def fitted(name, split, **params):
+    torch.manual_seed(0)
+    detector = METHODS.get(name)(tuple(split.train.shape[1:]), {**TINY_METHOD_PARAMS[name], **params})
+    detector.fit(TrainSet(split.train))
+    return detector.eval()
+
+
+def test_linear_schedule_values():
+    s = LinearSchedule(1000, 1e-4, 0.02)
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    assert s.betas[499].item() == pytest.approx(1e-4 + 499 * (0.02 - 1e-4) / 999, rel=1e-5)
+    assert s.alpha_bar[0].item() == 1.0 and s.alpha_bar[1].item() == pytest.approx(1 - 1e-4)
+    expected = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    np.testing.assert_allclose(s.alpha_bar[1:].numpy(), expected, rtol=1e-5)
+    assert s.alpha_bar[1000].item() == pytest.approx(4.04e-5, rel=0.01)  # nearly pure noise at T
+    assert torch.all(s.alpha_bar.diff() < 0)
+
+
+class OracleNoise(nn.Module):
+    """A perfectly trained noise predictor for one known clean image batch."""
+
+    def __init__(self, x0, schedule):
+        super().__init__()
+        self.x0, self.schedule = x0, schedule
+
+    def forward(self, x, t):
+        a = self.schedule.alpha_bar[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_denoising_with_an_oracle_is_exact(steps):
+    torch.manual_seed(0)
+    schedule = LinearSchedule()
+    x0 = torch.rand(6, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    schedule.double()
+    out = denoise(OracleNoise(x0, schedule), schedule, x0, k=300, steps=steps)
+    torch.testing.assert_close(out, x0)
+    # a wrong predictor does not reconstruct: the check can fail
+    wrong = denoise(lambda x, t: torch.zeros_like(x), schedule, x0, k=300, steps=steps)
+    assert (wrong - x0).abs().max() > 0.1
+
+
+def test_multiscale_error_is_zero_for_a_perfect_reconstruction_and_local():
+    x = torch.rand(2, 3, 16, 16)
+    assert multiscale_error(x, x).abs().max() == 0
+    y = x.clone()
+    y[:, :, 2, 2] += 1.0
+    error = multiscale_error(x, y)
+    assert error.shape == (2, 16, 16) and error[:, 2, 2].min() > error[:, 12, 12].max()
+
+
+def test_unet_keeps_the_shape_and_rejects_bad_sizes():
+    unet = SmallUNet(3, 32, width=8, levels=3)
+    assert unet(torch.randn(2, 3, 32, 32), torch.tensor([1, 999])).shape == (2, 3, 32, 32)
+    with pytest.raises(BenchError, match="halved"):
+        METHODS.get("advrad")((1, 8, 8), {"levels": 5})
+    with pytest.raises(BenchError, match="noise_step"):
+        METHODS.get("advrad")((1, 8, 8), {"noise_step": 2000})
+
+
+def test_advrad_score_shape_sign_and_map(digits):
+    detector = fitted("advrad", digits)
+    with torch.no_grad():
+        normal = detector.score(digits.train[:32])
+        noise = detector.score(torch.rand(32, 1, 8, 8))
+        maps = detector.anomaly_map(digits.test[:5])
+    assert normal.shape == (32,) and torch.all(normal >= 0) and torch.isfinite(normal).all()
+    assert noise.mean() > normal.mean()  # far from the normal data = higher score
+    assert maps.shape == (5, 8, 8) and torch.all(maps >= 0)
+    assert detector.train_error.abs().sum() > 0
+    torch.manual_seed(3)
+    a = detector.score(digits.test[:8])
+    torch.manual_seed(3)
+    b = detector.score(digits.test[:8])
+    c = detector.score(digits.test[:8])
+    assert torch.equal(a, b) and not torch.equal(a, c)  # fresh diffusion noise on every call
+
+
+def test_score_gradient_goes_through_the_unet():
+    torch.manual_seed(0)
+    detector = METHODS.get("advrad")((1, 8, 8), {"noise_step": 200, "width": 4, "denoise_steps": 2}).double()
+    nn.init.normal_(detector.unet.out[-1].weight, std=0.3)  # a zero-initialised output would hide the UNet
+    detector.train_error.uniform_(0, 0.01)
+    x = (torch.rand(3, 1, 8, 8, dtype=torch.float64) * 0.8 + 0.1).requires_grad_(True)
+
+    def fixed_noise_score(z):
+        torch.manual_seed(1)
+        return detector.score(z)
+
+    assert torch.autograd.gradcheck(fixed_noise_score, (x,), eps=1e-6, atol=1e-5)
+    (with_unet,) = torch.autograd.grad(fixed_noise_score(x).sum(), x)
+    for p in detector.unet.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        frozen = detector.reconstruct(x)
+    error = multiscale_error(x, frozen)  # reconstruction treated as a constant
+    (without_unet,) = torch.autograd.grad((error - detector.train_error).abs().flatten(1).amax(1).sum(), x)
+    assert not torch.allclose(with_unet, without_unet)
+
+
+def test_diffpure_scores_the_purified_image(digits):
+    detector = fitted("diffpure-ae", digits)
+    x = digits.test[:8]
+    torch.manual_seed(5)
+    whole = detector.score(x)
+    torch.manual_seed(5)
+    parts = detector.score_purified(detector.purify(x))
+    torch.testing.assert_close(whole, parts)
+    assert detector.anomaly_map(x).shape == (8, 8, 8)
+    assert METHODS.get("diffpure-ae").purifies and METHODS.get("diffpure-ae").stochastic
+    assert METHODS.get("advrad").certifiable and not METHODS.get("diffpure-ae").certifiable
+
+
+def test_runner_uses_eot_for_stochastic_methods_and_certifies(tmp_path):
+    cfg = tiny_grid(tmp_path, methods="advrad,diffpure-ae,knn", attacks="pgd", classes="0")
+    cfg.checks.enabled = False
+    cfg.attack_params = {"pgd": {"steps": 2}}
+    cfg.certify.n0, cfg.certify.n, cfg.certify.radii = 10, 40, (0.0, 0.1)
+    summary = Runner(cfg).run()
+    assert not summary.failed and summary.certified == 1  # only advrad is flagged certifiable
+    plain = make_grid_config(methods="advrad", datasets="digits", attacks="pgd", eps="32/255", classes="0",
+                             out=str(tmp_path), device="cpu")
+    plain.method_params = cfg.method_params
+    plain.checks.enabled, plain.certify.methods = False, "none"
+    plain.attack_params = {"pgd": {"steps": 2, "eot_samples": 1}}
+    assert Runner(plain).run().trained == 0  # the trained model is reused
+    with Store(tmp_path) as store:
+        results, certified = store.results(status="ok"), store.certified()
+    details = sorted(zip(results["method"], results["attack_detail"]))
+    assert details == [("advrad", ""), ("advrad", "eot=8"), ("diffpure-ae", "eot=8,full"), ("knn", "")]
+    assert set(certified["method"]) == {"advrad"} and len(certified) == 2
+
+
+def test_paper_config_loads():
+    data = load_yaml("advrad_mvtec")
+    assert data["datasets"] == ["mvtec", "visa", "btad"] and "advrad" in data["methods"]
+    assert 0.2 in data["certify"]["radii"] and data["eps"] == {"linf": ["2/255"], "l2": [0.2]}
