@@ -70,9 +70,11 @@ def pgd(
     best_x, best_val = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
 
     def remember(candidate: torch.Tensor, value: torch.Tensor) -> None:
-        better = value.detach() > best_val
-        best_val[better] = value.detach()[better]
-        best_x[better] = candidate.detach()[better]
+        nonlocal best_x, best_val
+        value = value.detach()
+        better = value > best_val  # torch.where, not masked assignment: no host sync on the hot path
+        best_val = torch.where(better, value, best_val)
+        best_x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate.detach(), best_x)
 
     for _ in range(max(restarts, 1)):
         delta = random_start(x, eps, norm) if rand_init else torch.zeros_like(x)
