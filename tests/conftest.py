@@ -7,7 +7,11 @@ import torch
 
 from robust_ad_bench.benchmark.config import make_grid_config
 
-TINY_METHOD_PARAMS = {"ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3}}
+TINY_METHOD_PARAMS = {
+    "ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3},
+    "contrastive": {"epochs": 1, "width": 8}, "contrastive-at": {"epochs": 1, "width": 8, "train_steps": 1},
+    "cobra": {"epochs": 1, "width": 8, "train_steps": 1},
+}
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,8 @@
   (for 8×8 digits, where a ResNet stem would leave nothing to convolve).
 - ``resnet``: a ResNet of basic blocks (ResNet-18 with ``width=64, blocks=(2, 2, 2, 2)``). Below 224 px
   it has the CIFAR stem (one 3×3 convolution, no max-pool); at 224 px and up the ImageNet stem
-  (7×7 stride-2 convolution and a max-pool), as torchvision's ``resnet18``.
+  (7×7 stride-2 convolution and a max-pool), as torchvision's ``resnet18``. The CIFAR stem can stride by
+  2 (``stem_stride``), which quarters the cost of the first stage.
 ``backbone_for`` picks one from the image size when the config says ``auto``.
 """
 
@@ -62,13 +63,14 @@ class ResNet(nn.Module):
     """ResNet of basic blocks; stage i has ``blocks[i]`` blocks of ``width·2^i`` channels (stride 2 after
     the first stage). Output: globally pooled features of size ``out_dim``."""
 
-    def __init__(self, in_channels: int, size: int, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> None:
+    def __init__(self, in_channels: int, size: int, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2),
+                 stem_stride: int = 1) -> None:
         super().__init__()
         if size >= IMAGENET_STEM_SIZE:
             self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
                                       nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1))
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False),
                                       nn.BatchNorm2d(width), nn.ReLU())
         stages: list[nn.Module] = []
         ch = width
@@ -84,9 +86,10 @@ class ResNet(nn.Module):
         return self.stages(self.stem(x)).mean((2, 3))
 
 
-def backbone_for(kind: str, image_shape: tuple[int, int, int], width: int,
-                 blocks: tuple[int, ...]) -> SmallCNN | ResNet:
-    """The backbone named ``kind``; ``auto``: the small CNN below 32 px, else the ResNet."""
+def backbone_for(kind: str, image_shape: tuple[int, int, int], width: int, blocks: tuple[int, ...],
+                 stem_stride: int = 1) -> SmallCNN | ResNet:
+    """The backbone named ``kind``; ``auto``: the small CNN below 32 px, else the ResNet. ``stem_stride`` 2
+    halves the resolution in the CIFAR stem (a cheap ResNet for CPU runs; 1 is ResNet-18's CIFAR stem)."""
     if kind not in BACKBONES:
         raise unknown_choice("backbone", kind, BACKBONES)
     channels, size, _ = image_shape
@@ -96,4 +99,4 @@ def backbone_for(kind: str, image_shape: tuple[int, int, int], width: int,
         return SmallCNN(channels, size, width)
     if not blocks or min(blocks) < 1:
         raise ValueError(f"blocks must be a non-empty list of positive counts, got {list(blocks)}")
-    return ResNet(channels, size, width, tuple(blocks))
+    return ResNet(channels, size, width, tuple(blocks), stem_stride)

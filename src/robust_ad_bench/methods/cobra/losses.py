@@ -42,11 +42,16 @@ def multi_positive_nt_xent(features: torch.Tensor, views: int, temperature: floa
 
 
 def pair_nt_xent(anchors: torch.Tensor, targets: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """Per-anchor NT-Xent of ``anchors[i]`` with ``targets[i]`` as its positive, every other row of
-    [anchors; targets] as a negative. Shape: (M,). The training attacks maximize or minimize it."""
-    log_p = log_probabilities(torch.cat([anchors, targets]), temperature)
-    m = len(anchors)
-    return -log_p[torch.arange(m), torch.arange(m, 2 * m)]
+    """Per-anchor InfoNCE of ``anchors[i]`` with ``targets[i]`` as its positive and the other targets as its
+    negatives. Shape: (M,). The training attacks maximize or minimize it with the targets fixed.
+
+    The authors' code also counts the other (moving) anchors as negatives, which couples the samples of a
+    batch: the attack then mostly pushes the anchors apart from each other. Here row i depends on
+    ``anchors[i]`` only, so each sample's attack goes toward (or away from) its own target.
+    """
+    a, t = F.normalize(anchors, dim=1), F.normalize(targets, dim=1)
+    log_p = torch.log_softmax(a @ t.T / temperature, dim=1)
+    return -log_p.diagonal()
 
 
 def opposite_pair_term(features: torch.Tensor, groups: int, temperature: float = 0.5) -> torch.Tensor:
