@@ -9,10 +9,14 @@ from robust_ad_bench.benchmark.config import make_grid_config
 
 TINY_FLOW = {"pretext_epochs": 2, "epochs": 2, "coupling_blocks": 2, "pos_dim": 8}
 TINY_SLA = {"n_projections": 16, "projection_dim": 16, "encoder_epochs": 2}
-TINY_METHOD_PARAMS = {"ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3},
-                      "bgad": TINY_FLOW, "bgad-unsup": TINY_FLOW, "sla2p": TINY_SLA, "sla": TINY_SLA,
-                      "advrad": {"epochs": 5, "width": 4, "noise_step": 100},
-                      "diffpure-ae": {"epochs": 2, "width": 4, "detector_params": {"epochs": 3}}}
+TINY_METHOD_PARAMS = {
+    "ae": {"epochs": 3}, "ae-at": {"epochs": 2}, "deep-svdd": {"epochs": 3},
+    "bgad": TINY_FLOW, "bgad-unsup": TINY_FLOW, "sla2p": TINY_SLA, "sla": TINY_SLA,
+    "advrad": {"epochs": 5, "width": 4, "noise_step": 100},
+    "diffpure-ae": {"epochs": 2, "width": 4, "detector_params": {"epochs": 3}},
+    "contrastive": {"epochs": 1, "width": 8}, "contrastive-at": {"epochs": 1, "width": 8, "train_steps": 1},
+    "cobra": {"epochs": 1, "width": 8, "train_steps": 1},
+}
 
 
 @pytest.fixture(autouse=True)

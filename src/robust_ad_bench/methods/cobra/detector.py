@@ -1,0 +1,300 @@
+"""COBRA (Mirzaei et al., ICLR 2025) and its two ablations, one model family:
+
+- ``contrastive``: a contrastive encoder over normal images and their pseudo-anomalies (multi-positive
+  NT-Xent + a transformation classifier, as CSI); no adversarial training.
+- ``contrastive-at``: the same, adversarially trained with one attack (maximize NT-Xent between a view and
+  its positive) and plain NT-Xent over [view 1, view 2, adversarial view 1]: spurious negatives kept, no
+  opposite-pair attack.
+- ``cobra``: three attacks per batch (intra-group, opposite-pair, transformation classification) and
+  multi-positive NT-Xent over [view 1, view 2, intra copy, opposite copy] + cross-entropy of the
+  transformation classifier on clean and attacked views.
+All three share the encoder and the CSI-style score over the training feature bank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_ad_bench.attacks.gradient import pgd
+from robust_ad_bench.benchmark.errors import unknown_choice
+from robust_ad_bench.benchmark.registry import register_method
+from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.methods.base import Detector, DetectorConfig
+from robust_ad_bench.methods.cobra import losses
+from robust_ad_bench.methods.cobra.pseudo_anomalies import (
+    PSEUDO_ANOMALIES,
+    choose_pseudo_anomaly,
+    expand_groups,
+    num_groups,
+    random_flip,
+    simclr_augment,
+)
+from robust_ad_bench.methods.cobra.training import OPTIMIZERS, make_optimizer, set_learning_rate
+from robust_ad_bench.methods.encoders import ENCODERS, encoder_for
+
+ATTACKS = ("intra", "opposite", "classification")
+
+
+@dataclass
+class ContrastiveConfig(DetectorConfig):
+    # encoder: "auto" = small CNN below 32 px, ResNet from 32 px (ImageNet stem from 224 px);
+    # ResNet-18 is width 64, blocks (2, 2, 2, 2), stem_stride 1. The defaults are sized for the embedded
+    # default run on a CPU (a 3×PGD step per batch on a full ResNet-18 would take minutes there).
+    backbone: str = "auto"
+    width: int = 8
+    blocks: tuple[int, ...] = (1, 1)
+    stem_stride: int = 2  # 2: the ResNet's CIFAR stem halves the resolution (cheaper); 1 as ResNet-18
+    proj_dim: int = 128
+    # pseudo-anomalies: "rotation" (4 groups), "scar" (2 groups), "auto" (rotation when rotated training
+    # images lie clearly off the training set, see ``auto_rotation_threshold``; else scar)
+    pseudo_anomaly: str = "auto"
+    auto_rotation_threshold: float = 2.0
+    scar_size: tuple[float, float] = (7 / 224, 40 / 224)  # strip sides as fractions of the image side
+    color_jitter: float = 0.4
+    crop_min_scale: float = 1.0  # random resized crop of the views (1 = off)
+    temperature: float = 0.5
+    # optimization: "adam", or the paper's "lars" (SGD + layer-wise trust ratio, momentum 0.9);
+    # linear warm-up then cosine decay in both cases
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    warmup_epochs: int = 0
+    epochs: int = 20
+    batch_size: int = 64
+    score_flip: bool = True  # average the features of the image and its mirror image in the score
+
+    def __post_init__(self) -> None:
+        for kind, value, valid in (("backbone", self.backbone, ENCODERS), ("optimizer", self.optimizer, OPTIMIZERS),
+                                   ("pseudo-anomaly", self.pseudo_anomaly, PSEUDO_ANOMALIES)):
+            if value not in valid:
+                raise unknown_choice(kind, value, valid)
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+
+
+@dataclass
+class ContrastiveATConfig(ContrastiveConfig):
+    train_eps: float | None = None  # Linf budget of the training attacks; None: the dataset's largest
+    train_steps: int = 2  # PGD steps of each training attack (paper: 10)
+
+
+@dataclass
+class CobraConfig(ContrastiveATConfig):
+    opposite_pair_loss: bool = False  # the explicit opposite-pair term (off in the authors' training loop)
+    opposite_pair_weight: float = 1.0
+
+
+class ContrastiveEncoder(nn.Module):
+    """Backbone + projection MLP (d → d → proj_dim) + K-way transformation classifier."""
+
+    def __init__(self, image_shape: tuple[int, int, int], c: ContrastiveConfig, groups: int) -> None:
+        super().__init__()
+        self.backbone = encoder_for(c.backbone, image_shape, c.width, c.blocks, c.stem_stride)
+        d = self.backbone.out_dim
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, c.proj_dim))
+        self.classifier = nn.Linear(d, groups)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        return self.projection(h), self.classifier(h)
+
+
+@register_method("contrastive")
+class Contrastive(Detector):
+    """Contrastive encoder on normal images + pseudo-anomalies (CSI-style), no adversarial training."""
+
+    version = "1"
+    Config = ContrastiveConfig
+    training_attacks: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, image_shape, config=None) -> None:
+        super().__init__(image_shape, config)
+        c = self.config
+        # "auto" is decided in fit; the classifier is built for 4 groups then and trimmed if scar wins
+        self.groups = 4 if c.pseudo_anomaly in ("auto", "rotation") else 2
+        self.encoder = ContrastiveEncoder(self.image_shape, c, self.groups)
+        # decided in fit and saved with the model: 1 = rotation, 0 = scar
+        self.register_buffer("uses_rotation", torch.tensor(int(c.pseudo_anomaly != "scar")))
+        self.register_buffer("bank", torch.zeros(0, 0, 0))  # score groups × training images × proj_dim
+        self.register_buffer("weight_sim", torch.ones(0))
+        self.register_buffer("weight_cls", torch.ones(0))
+
+    @property
+    def pseudo_anomaly(self) -> str:
+        return "rotation" if int(self.uses_rotation) else "scar"
+
+    # -- score -------------------------------------------------------------------------------------
+    def _group_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projection features (G×N×d) and identity-class logits per score group (G×N), averaged over
+        the image and its mirror. Score groups: all four rotations, or only the identity for scar (a random
+        scar would make the score random)."""
+        groups = 4 if self.pseudo_anomaly == "rotation" else 1
+        copies = [x, x.flip(3)] if self.config.score_flip else [x]
+        views = torch.cat([expand_groups(v, "rotation") if groups == 4 else v for v in copies])
+        z, logits = self.encoder(self.normalize(views))
+        n = len(x)
+        z = z.view(len(copies), groups, n, -1).mean(0)
+        logits = logits.view(len(copies), groups, n, -1).mean(0)
+        own = logits[torch.arange(groups), :, torch.arange(groups)]  # logit of each group's own class
+        return z, own
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        z, own = self._group_features(x)
+        # max cosine similarity to the bank times the feature norm = max inner product with unit bank rows
+        sim = torch.einsum("gnd,gmd->gnm", z, self.bank).max(2).values
+        normality = sim * self.weight_sim[:, None] + own * self.weight_cls[:, None]
+        return -normality.mean(0)
+
+    @torch.no_grad()
+    def _build_bank(self, images: torch.Tensor) -> None:
+        self.eval()
+        z, own = zip(*(self._group_features(b) for b in images.split(256)), strict=True)
+        z, own = torch.cat(z, 1), torch.cat(own, 1)
+        self.bank = F.normalize(z, dim=2)
+        # each term divided by its mean on the training data (the sign kept: a negative mean logit must
+        # not flip the direction of the term)
+        self.weight_sim = 1 / z.norm(dim=2).mean(1).clamp_min(1e-6)
+        self.weight_cls = 1 / own.mean(1).abs().clamp_min(1e-6)
+
+    # -- training ----------------------------------------------------------------------------------
+    def fit(self, train: TrainSet) -> None:
+        c = self.config
+        images = train.images.to(self.device)
+        self.set_input_stats(images)
+        kind = choose_pseudo_anomaly(c.pseudo_anomaly, images.cpu(), c.auto_rotation_threshold)
+        self.uses_rotation.fill_(int(kind == "rotation"))
+        self._resize_classifier(num_groups(kind))
+        self.prepare_training(train)
+        optimizer = make_optimizer(c.optimizer, self.encoder, c.lr, c.weight_decay)
+        n = len(images)
+        steps_per_epoch = math.ceil(n / c.batch_size)
+        total = c.epochs * steps_per_epoch
+        self.train()
+        for epoch in range(c.epochs):
+            running = 0.0
+            for i, idx in enumerate(torch.randperm(n, device=images.device).split(c.batch_size)):
+                set_learning_rate(optimizer, c.lr, epoch * steps_per_epoch + i, total,
+                                  c.warmup_epochs * steps_per_epoch)
+                loss = self.training_loss(images[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running += float(loss.detach())
+            self.report(epoch + 1, c.epochs, f"loss {running / steps_per_epoch:.4f}")
+        self._build_bank(images)
+
+    def _resize_classifier(self, groups: int) -> None:
+        self.groups = groups
+        if self.encoder.classifier.out_features != groups:
+            self.encoder.classifier = nn.Linear(self.encoder.classifier.in_features, groups).to(self.device)
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        self._resize_classifier(len(state["encoder.classifier.weight"]))
+        super().restore(state)
+
+    def prepare_training(self, train: TrainSet) -> None:
+        """Hook for subclasses (the attack budget)."""
+
+    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Two augmented views of the batch, each expanded with its pseudo-anomaly groups (group-major),
+        and the transformation label of each row."""
+        c = self.config
+        v1, v2 = random_flip(x.repeat(2, 1, 1, 1)).chunk(2)
+        v1 = simclr_augment(expand_groups(v1, self.pseudo_anomaly, c.scar_size), c.color_jitter, c.crop_min_scale)
+        v2 = simclr_augment(expand_groups(v2, self.pseudo_anomaly, c.scar_size), c.color_jitter, c.crop_min_scale)
+        labels = torch.arange(self.groups, device=x.device).repeat_interleave(len(x))
+        return v1, v2, labels
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(self.normalize(x))
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        v1, v2, labels = self.views(x)
+        self.train()
+        z, logits = self.embed(torch.cat([v1, v2]))
+        contrastive = losses.multi_positive_nt_xent(z, views=2, temperature=self.config.temperature).mean()
+        return contrastive + F.cross_entropy(logits, labels.repeat(2))
+
+
+@register_method("contrastive-at")
+class ContrastiveAT(Contrastive):
+    """Contrastive encoder adversarially trained with plain NT-Xent (no opposite-pair attack)."""
+
+    Config = ContrastiveATConfig
+    adversarially_trained = True
+    training_attacks = ("intra",)
+
+    def prepare_training(self, train: TrainSet) -> None:
+        default = max(train.default_eps.get("linf", (8 / 255,)))
+        self.train_eps = self.config.train_eps if self.config.train_eps is not None else default
+
+    def attack(self, objective, x: torch.Tensor) -> torch.Tensor:
+        """Linf PGD maximizing ``objective`` per sample, model in eval mode (frozen batch-norm statistics)."""
+        self.eval()
+        try:
+            return pgd(objective, x, eps=self.train_eps, norm="linf", steps=self.config.train_steps,
+                       keep_best=False)
+        finally:
+            self.train()
+
+    def intra_group_attack(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """Push each row of view 1 away from its positive in view 2 (maximize their NT-Xent)."""
+        with torch.no_grad():
+            self.eval()
+            target = self.embed(v2)[0]
+        t = self.config.temperature
+        return self.attack(lambda a: losses.pair_nt_xent(self.embed(a)[0], target, t), v1)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        v1, v2, labels = self.views(x)
+        adv = self.intra_group_attack(v1, v2)
+        z, logits = self.embed(torch.cat([v1, v2, adv]))
+        contrastive = losses.multi_positive_nt_xent(z, views=3, temperature=self.config.temperature).mean()
+        return contrastive + F.cross_entropy(logits[: 2 * len(labels)], labels.repeat(2))
+
+
+@register_method("cobra")
+class Cobra(ContrastiveAT):
+    """COBRA (Mirzaei et al., ICLR 2025): contrastive AT with opposite-pair and transformation attacks."""
+
+    Config = CobraConfig
+    training_attacks = ATTACKS
+
+    def opposite_pair_attack(self, v2: torch.Tensor) -> torch.Tensor:
+        """Move each row toward its opposite: the same image under another group, a random cyclic shift of
+        the groups (normal ↔ scar for two groups). The training loss then treats the result as a positive
+        of its clean source, which pulls the opposite pair apart."""
+        batch = len(v2) // self.groups
+        shift = int(torch.randint(1, self.groups, ()))
+        order = (torch.arange(self.groups, device=v2.device) + shift) % self.groups
+        rows = (order[:, None] * batch + torch.arange(batch, device=v2.device)).flatten()
+        with torch.no_grad():
+            self.eval()
+            target = self.embed(v2[rows])[0]
+        t = self.config.temperature
+        return self.attack(lambda a: -losses.pair_nt_xent(self.embed(a)[0], target, t), v2)
+
+    def classification_attack(self, v2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.attack(lambda a: F.cross_entropy(self.embed(a)[1], labels, reduction="none"), v2)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        v1, v2, labels = self.views(x)
+        opposite = self.opposite_pair_attack(v2)
+        adv_cls = self.classification_attack(v2, labels)
+        intra = self.intra_group_attack(v1, v2)
+        z, logits = self.embed(torch.cat([v1, v2, intra, opposite]))
+        loss = losses.multi_positive_nt_xent(z, views=4, temperature=c.temperature).mean()
+        if c.opposite_pair_loss:
+            m = len(labels)
+            loss = loss - c.opposite_pair_weight * 0.5 * (
+                losses.opposite_pair_term(z[:m], self.groups, c.temperature)
+                + losses.opposite_pair_term(z[m: 2 * m], self.groups, c.temperature))
+        cls_logits = torch.cat([logits[: 2 * len(labels)], self.embed(adv_cls)[1]])
+        return loss + F.cross_entropy(cls_logits, labels.repeat(3))
