@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eps", help="comma-separated budgets in pixel units, e.g. 2/255,8/255 "
                                    "(default: each dataset's own)")
     run.add_argument("--seeds", help="comma-separated integers (default: 0)")
-    run.add_argument("--classes", help="comma-separated normal classes, or dataset:class (default: all)")
+    run.add_argument("--classes", help="comma-separated normal classes, dataset:class, or all "
+                                       "(default: the default grid's subset)")
     run.add_argument("--out", help="results folder (default: results)")
     run.add_argument("--config", help="YAML file with the same options (flags override it)")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")

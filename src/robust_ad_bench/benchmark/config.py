@@ -154,6 +154,8 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
         raise BenchError("known_defects is set but n_anomalies is 0; give n_anomalies too")
     if isinstance(data.get("classes"), str):
         data["classes"] = _as_list(data["classes"])
+    if data.get("classes") == ["all"]:
+        data["classes"] = None  # every class of every dataset
     for key in ("method_params", "attack_params"):
         if not isinstance(data.get(key, {}), dict):
             raise BenchError(f"{key} must be a mapping of name -> parameters")
