@@ -83,6 +83,19 @@ def test_eot_beats_plain_pgd_on_a_stochastic_detector(digits):
     assert ATTACKS.get("pgd")().describe(noisy) == "eot=8"
 
 
+def test_attack_batches_count_the_eot_copies(digits):
+    noisy = fitted("noisy-gradient", digits)
+    sizes = []
+    score = noisy.score
+    noisy.score = lambda x: sizes.append(len(x)) or score(x)
+    x, y = digits.test[:40], digits.test_labels[:40]
+    ATTACKS.get("pgd")({"batch_size": 16, "eot_samples": 8, "steps": 2}).perturb(noisy, x, y, 8 / 255)
+    assert max(sizes) == 16  # 2 images x 8 draws per call, not 16 x 8
+    sizes.clear()
+    ATTACKS.get("pgd")({"batch_size": 16, "eot_samples": 1, "steps": 2}).perturb(noisy, x, y, 8 / 255)
+    assert max(sizes) == 16
+
+
 def test_bpda_attacks_a_non_differentiable_purifier(digits):
     purifier = fitted("quantize-purifier", digits)
     full = robust_auroc(purifier, digits, "pgd", 32 / 255, {"gradient": "full", "random_start": False})

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from robust_ad_bench.attacks.adaptive import GRADIENT_MODES, ScoreFn, attack_score, describe_adaptive
+from robust_ad_bench.attacks.adaptive import GRADIENT_MODES, ScoreFn, attack_score, describe_adaptive, eot_draws
 from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
 from robust_ad_bench.benchmark.params import build_config
 
@@ -23,7 +23,7 @@ TARGETS = ("both", "normal", "anomaly")  # which test images the attacker pertur
 
 @dataclass
 class AttackConfig:
-    batch_size: int = 256  # images attacked at once
+    batch_size: int = 256  # images per score call, EOT copies included (256 // 8 = 32 stochastic images)
     target: str = "both"  # both (the protocol's default), normal (only normals), anomaly (only anomalies)
     eot_samples: int = 8  # draws averaged per gradient when the detector is ``stochastic`` (EOT)
     gradient: str = "auto"  # auto, full (through the purifier), bpda (identity/surrogate backward)
@@ -52,7 +52,7 @@ class Attack:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    version: ClassVar[str] = "2"  # bump when a change alters results: part of the job key
+    version: ClassVar[str] = "3"  # bump when a change alters results: part of the job key
     norm: ClassVar[str] = "linf"  # threat model: "linf", "l2", or "none" (clean)
     Config: ClassVar[type] = AttackConfig
     black_box: ClassVar[bool] = False  # uses forward passes only
@@ -89,8 +89,11 @@ class Attack:
         idx = chosen.nonzero().flatten()
         was_training = detector.training
         detector.eval()  # attack the deployed model: no dropout, frozen batch-norm statistics
+        # A stochastic detector is scored on eot_samples copies of each image in one call: the batch
+        # bounds the images per call, so the memory of an attack does not grow with the EOT draws.
+        per_batch = max(1, self.config.batch_size // eot_draws(detector, self.config.eot_samples))
         try:
-            for part in idx.split(self.config.batch_size):
+            for part in idx.split(per_batch):
                 x_adv[part] = self.perturb_batch(detector, x[part], y[part], eps).detach()
         finally:
             detector.train(was_training)
