@@ -162,6 +162,21 @@ def test_bgad_trains_on_known_anomalies_and_scores_differentiably():
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_bgad_and_its_ablation_share_the_pretext_backbone():
+    split = make_split("textures", "grass", 0, FEW)
+    models = []
+    for name, seed, extra in (("bgad", 1, {"n_pasted": 8}), ("bgad-unsup", 2, {})):  # seeded apart, as in runs
+        torch.manual_seed(seed)
+        model = METHODS.get(name)((1, 32, 32), {**TINY_FLOW, **extra})
+        model.fit(TrainSet(split.train, split.anomalies, split.anomaly_masks))
+        models.append(model)
+    with torch.no_grad():
+        for a, b in zip(*(m.backbone(split.test[:8]) for m in models)):
+            torch.testing.assert_close(a, b)  # the same features ...
+    flows = [torch.cat([p.flatten() for p in m.flows.parameters()]) for m in models]
+    assert not torch.allclose(*flows)  # ... while the flows are trained (and seeded) apart
+
+
 def test_torchvision_backbone_from_a_local_weights_file(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     path = tmp_path / "resnet18.pth"

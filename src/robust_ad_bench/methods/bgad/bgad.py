@@ -37,6 +37,10 @@ class FlowADConfig(DetectorConfig):
     pretext_width: int = 8
     pretext_epochs: int = 30
     pretext_lr: float = 2e-3
+    # The pretext encoder stands in for a pretrained backbone: it is initialised and trained under its own
+    # seed, so `bgad` and `bgad-unsup` (whose runs are seeded by their own job keys) share the same
+    # features and differ only in the flow's loss, as with a pretrained backbone.
+    pretext_seed: int = 0
     levels: int = 3
     coupling_blocks: int = 8
     clamp: float = 1.9
@@ -70,14 +74,16 @@ class FlowAD(Detector):
     """Conditional normalizing flows on frozen multi-level features, maximum likelihood on normals only."""
 
     Config = FlowADConfig
-    version = "1"
+    version = "2"
     supervised: ClassVar[bool] = False
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
         c = self.config
         if c.backbone == "pretext":
-            self.backbone: nn.Module = PretextFeatures(self.image_shape, c.pretext_width, c.levels)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(c.pretext_seed)
+                self.backbone: nn.Module = PretextFeatures(self.image_shape, c.pretext_width, c.levels)
         else:
             self.backbone = TorchvisionFeatures(c.backbone, c.weights, c.image_size)
         channels = self.backbone.channels
@@ -123,7 +129,9 @@ class FlowAD(Detector):
         c = self.config
         images = train.images.to(self.device)
         if isinstance(self.backbone, PretextFeatures):
-            self.backbone.fit(images, c.pretext_epochs, c.pretext_lr)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(c.pretext_seed)
+                self.backbone.fit(images, c.pretext_epochs, c.pretext_lr)
         self.backbone.eval()
         with torch.no_grad():
             raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in images.split(256)))]
@@ -209,7 +217,7 @@ class BGAD(FlowAD):
     """BGAD (Yao et al., 2023): flows + explicit boundary + semi-push-pull loss on a few known anomalies."""
 
     Config = BGADConfig
-    version = "1"
+    version = "2"
     needs_anomalies = True
     supervised = True
 
