@@ -4,6 +4,7 @@ model), certified accuracy against L2 radius, and clean vs attacked score histog
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -45,16 +46,20 @@ def _norms(frame: pd.DataFrame) -> list[str]:
     return [n for n in NORM_ORDER if n in present] + sorted(present - set(NORM_ORDER))
 
 
+def _attacked_datasets(ok: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame, list[str], list[str]]]:
+    """``(dataset, its rows, its attack norms, its methods)`` for each dataset that was attacked."""
+    for dataset in sorted(ok["dataset"].unique()):
+        data = ok[ok["dataset"] == dataset]
+        norms = _norms(data)
+        if norms:
+            yield dataset, data, norms, sorted(data["method"].unique())
+
+
 def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
     """One PNG per dataset: mean ± std AUROC (over classes and seeds) against eps, one subplot per norm."""
     ok = results[results["status"] == "ok"]
     paths: list[Path] = []
-    for dataset in sorted(ok["dataset"].unique()):
-        data = ok[ok["dataset"] == dataset]
-        norms = _norms(data)
-        if not norms:
-            continue
-        methods = sorted(data["method"].unique())
+    for dataset, data, norms, methods in _attacked_datasets(ok):
         colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
         attacks = sorted(data.loc[data["norm"].isin(norms), "attack"].unique())
         styles = {a: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i, a in enumerate(attacks)}
@@ -104,15 +109,10 @@ def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
     norm at each eps (eps 0 is the clean AUROC); one subplot per norm."""
     ok = results[(results["status"] == "ok") & results["auroc"].notna()]
     paths: list[Path] = []
-    for dataset in sorted(ok["dataset"].unique()):
-        data = ok[ok["dataset"] == dataset]
-        norms = _norms(data)
-        if not norms:
-            continue
+    for dataset, data, norms, methods in _attacked_datasets(ok):
         attacked = data[data["norm"] != "none"]
         # each model's lowest AUROC per (norm, eps), whether one attack ran there or several
         lowest = attacked.loc[attacked.groupby(["train_key", "norm", "eps"])["auroc"].idxmin()]
-        methods = sorted(data["method"].unique())
         fig, axes = plt.subplots(1, len(norms), figsize=(5.2 * len(norms) + 2.2, 4.2), squeeze=False,
                                  layout="constrained")
         for ax, norm in zip(axes[0], norms):
