@@ -69,6 +69,10 @@ def test_failing_method_is_recorded_and_the_grid_goes_on(tmp_path):
     assert failed[failed["method"] == "broken-fit"]["error"].str.contains("deliberate failure in fit").all()
     assert failed[failed["method"] == "nan-score"]["error"].str.contains("NaN").all()
     assert "deliberate failure in fit" in (tmp_path / "failures.log").read_text()
+    with Store(tmp_path) as store:  # one model's rows, by key and status
+        some = list(results["key"].iloc[[0, -1]])
+        assert set(store.results(keys=some)["key"]) == set(some)
+        assert set(store.results(status="ok", keys=list(results["key"]))["method"]) == {"knn"}
     # failed jobs are retried by the next run; finished ones are not
     again = Runner(tiny_grid(tmp_path, methods="broken-fit,nan-score,knn")).run()
     assert again.skipped == 4 and len(again.failed) == 8

@@ -15,17 +15,16 @@ Only ``score`` is needed, so any detector can be certified.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.stats import beta, norm
 
+from robust_ad_bench.attacks.adaptive import ScoreFn
 from robust_ad_bench.benchmark import metrics
 from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
 
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 CERTIFY_METHODS = ("certifiable", "all", "none")
 
 
@@ -97,8 +96,7 @@ def certified_auroc(sorted_scores: np.ndarray, labels: np.ndarray, count: int) -
 def certify(score: ScoreFn, x: torch.Tensor, labels: np.ndarray, train: torch.Tensor, sigma: float,
             cfg: CertifyConfig) -> list[dict[str, float]]:
     """Certified accuracy and AUROC of the smoothed detector at each of ``cfg.radii``."""
-    with torch.no_grad():
-        train_noisy = noisy_scores(score, train, sigma, 1, cfg.batch_size)[:, 0]
+    train_noisy = noisy_scores(score, train, sigma, 1, cfg.batch_size)[:, 0]
     threshold = float(train_noisy.quantile(cfg.threshold_quantile))
     pick = (noisy_scores(score, x, sigma, cfg.n0, cfg.batch_size) > threshold).float().mean(1) > 0.5
     draws = noisy_scores(score, x, sigma, cfg.n, cfg.batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
-from robust_ad_bench.benchmark.leaderboard import eps_label
+from robust_ad_bench.benchmark.leaderboard import eps_label, lowest_per_model
 
 
 def _attacks_run(rows: pd.DataFrame) -> str:
@@ -18,10 +18,9 @@ def _attacks_run(rows: pd.DataFrame) -> str:
 
 def _worst(rows: pd.DataFrame) -> str:
     """Per norm and eps: mean over models of each model's lowest AUROC, and the attack behind it."""
-    attacked = rows[(rows["norm"] != "none") & rows["auroc"].notna()]
-    if attacked.empty:
+    lowest = lowest_per_model(rows)
+    if lowest.empty:
         return "–"
-    lowest = attacked.loc[attacked.groupby(["train_key", "norm", "eps"])["auroc"].idxmin()]
     parts = []
     for (norm, eps), group in lowest.groupby(["norm", "eps"]):
         parts.append(f"{norm} {eps_label(eps, norm)}: {group['auroc'].mean():.3f} "

@@ -52,24 +52,35 @@ def check_flags(checks: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
             for key, group in failed.groupby(["method", "dataset", "attack"])}
 
 
-def worst_case(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model (train_key), norm and eps attacked by 2+ attacks: the lowest AUROC and its attack,
-    as rows with ``attack`` = "worst-<norm>" and ``by`` = the attack that achieved it."""
+MODEL_EPS = ["train_key", "norm", "eps"]
+
+
+def lowest_per_model(results: pd.DataFrame, min_attacks: int = 1) -> pd.DataFrame:
+    """Per model (train_key), norm and eps attacked by at least ``min_attacks`` attacks: the row of the
+    attack with the lowest AUROC (the worst case over the attacks run)."""
     ok = results[(results["status"] == "ok") & (results["norm"] != "none") & results["auroc"].notna()]
-    if ok.empty:
-        return ok.assign(by=pd.Series(dtype=str))
-    many = ok.groupby(["train_key", "norm", "eps"])["attack"].transform("nunique") > 1
-    ok = ok[many]
-    lowest = ok.loc[ok.groupby(["train_key", "norm", "eps"])["auroc"].idxmin()]
+    if min_attacks > 1 and not ok.empty:
+        ok = ok[ok.groupby(MODEL_EPS)["attack"].transform("nunique") >= min_attacks]
+    return ok.loc[ok.groupby(MODEL_EPS)["auroc"].idxmin()] if not ok.empty else ok
+
+
+def worst_case(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model, norm and eps attacked by 2+ attacks: the lowest AUROC and its attack, as rows with
+    ``attack`` = "worst-<norm>" and ``by`` = the attack that achieved it."""
+    lowest = lowest_per_model(results, min_attacks=2)
+    if lowest.empty:
+        return lowest.assign(by=pd.Series(dtype=str))
     return lowest.assign(by=lowest["attack"], attack="worst-" + lowest["norm"])
 
 
-def _worst_note(worst: pd.DataFrame, key: tuple, flags: dict[tuple[str, str, str], str]) -> str:
-    """The attack that most often achieved a worst-case cell, and the flags of the attacks that did."""
-    rows = worst[(worst[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
-    method, dataset = key[0], key[1]
-    found = "".join(sorted({c for a in set(rows["by"]) for c in flags.get((method, dataset, a), "")}))
-    return rows["by"].value_counts().index[0] + (f" !{found}" if found else "")
+def _worst_notes(worst: pd.DataFrame, flags: dict[tuple[str, str, str], str]) -> dict[tuple, str]:
+    """Per worst-case cell: the attack that most often achieved it, and the flags of the attacks that did."""
+    notes = {}
+    for key, rows in worst.groupby(GROUP):
+        method, dataset = key[0], key[1]
+        found = "".join(sorted({c for a in set(rows["by"]) for c in flags.get((method, dataset, a), "")}))
+        notes[key] = rows["by"].value_counts().index[0] + (f" !{found}" if found else "")
+    return notes
 
 
 def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
@@ -104,7 +115,8 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
         worst = worst_case(results)
         if not worst.empty:
             extra = summarize(worst, metric)
-            notes += [_worst_note(worst, key, flags) for key in zip(*(extra[c] for c in GROUP))]
+            worst_notes = _worst_notes(worst, flags)
+            notes += [worst_notes[key] for key in zip(*(extra[c] for c in GROUP))]
             long = pd.concat([long, extra], ignore_index=True).sort_values("dataset", kind="stable")
             notes = [notes[i] for i in long.index]
     long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],

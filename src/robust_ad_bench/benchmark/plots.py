@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from robust_ad_bench.benchmark.leaderboard import eps_label  # noqa: E402
+from robust_ad_bench.benchmark.leaderboard import eps_label, lowest_per_model  # noqa: E402
 from robust_ad_bench.benchmark.store import Store  # noqa: E402
 
 NORM_ORDER = ("linf", "l2")
@@ -110,9 +110,7 @@ def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
     ok = results[(results["status"] == "ok") & results["auroc"].notna()]
     paths: list[Path] = []
     for dataset, data, norms, methods in _attacked_datasets(ok):
-        attacked = data[data["norm"] != "none"]
-        # each model's lowest AUROC per (norm, eps), whether one attack ran there or several
-        lowest = attacked.loc[attacked.groupby(["train_key", "norm", "eps"])["auroc"].idxmin()]
+        lowest = lowest_per_model(data)  # whether one attack ran at an eps or several
         fig, axes = plt.subplots(1, len(norms), figsize=(5.2 * len(norms) + 2.2, 4.2), squeeze=False,
                                  layout="constrained")
         for ax, norm in zip(axes[0], norms):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,18 @@ class Store:
                      np.asarray(result.scores, np.float32).tobytes()),
                 )
 
-    def results(self, status: str | None = None) -> pd.DataFrame:
-        """All jobs as a DataFrame (one row per job), optionally only those with ``status``."""
-        query = f"SELECT {', '.join(RESULT_COLUMNS)} FROM results"
-        params: tuple[Any, ...] = ()
+    def results(self, status: str | None = None, keys: Collection[str] | None = None) -> pd.DataFrame:
+        """All jobs as a DataFrame (one row per job), optionally only those with ``status`` or ``keys``."""
+        where, params = [], []
         if status is not None:
-            query += " WHERE status = ?"
-            params = (status,)
+            where.append("status = ?")
+            params.append(status)
+        if keys is not None:  # one model's jobs: a few dozen keys at most
+            where.append(f"key IN ({', '.join('?' * len(keys))})")
+            params.extend(keys)
+        query = f"SELECT {', '.join(RESULT_COLUMNS)} FROM results" + (f" WHERE {' AND '.join(where)}" if where else "")
         frame = pd.read_sql_query(query + " ORDER BY method, dataset, normal_class, seed, attack, eps",
-                                  self.conn, params=params)
+                                  self.conn, params=tuple(params))
         frame["adversarially_trained"] = frame["adversarially_trained"].astype(bool)
         return frame
 

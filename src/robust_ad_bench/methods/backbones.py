@@ -103,6 +103,26 @@ class TorchvisionFeatures(nn.Module):
         return list(self.body((x - self.mean) / self.std).values())
 
 
+def fit_by_reconstruction(encoder: ConvEncoder, x: torch.Tensor, width: int, latent: int, *, epochs: int,
+                          lr: float, weight_decay: float = 0.0, batch_size: int = 64) -> list[float]:
+    """Train ``encoder`` with a throw-away ``ConvDecoder`` to reconstruct ``x`` (already normalized), by
+    MSE with Adam; returns the mean loss of each epoch. The caller freezes the encoder afterwards."""
+    decoder = ConvDecoder(tuple(x.shape[1:]), width, latent).to(x.device)
+    encoder.requires_grad_(True)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr, weight_decay=weight_decay)
+    history = []
+    for _ in range(epochs):
+        total = 0.0
+        for idx in torch.randperm(len(x), device=x.device).split(batch_size):
+            loss = (decoder(encoder(x[idx])) - x[idx]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        history.append(total / len(x))
+    return history
+
+
 class PretextFeatures(nn.Module):
     """A ``ConvEncoder`` trained by reconstruction on normal images; the outputs of its last ``levels``
     convolution stages (for 32×32 inputs: 16×16, 8×8 and 4×4) are the feature levels."""
@@ -123,20 +143,8 @@ class PretextFeatures(nn.Module):
         """Train encoder + a throw-away decoder to reconstruct ``images``; then freeze the encoder."""
         self.mean.copy_(images.mean((0, 2, 3), keepdim=True))
         self.std.copy_(images.std((0, 2, 3), keepdim=True).clamp_min(1e-3))
-        decoder = ConvDecoder(self.image_shape, self.width, latent=16).to(images.device)
-        params = [*self.encoder.parameters(), *decoder.parameters()]
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
-        history = []
-        for _ in range(epochs):
-            total = 0.0
-            for idx in torch.randperm(len(images), device=images.device).split(batch_size):
-                z = (images[idx] - self.mean) / self.std
-                loss = (decoder(self.encoder(z)) - z).pow(2).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-            history.append(total / len(images))
+        history = fit_by_reconstruction(self.encoder, (images - self.mean) / self.std, self.width, latent=16,
+                                        epochs=epochs, lr=lr, weight_decay=1e-5, batch_size=batch_size)
         self.requires_grad_(False)
         return history
 

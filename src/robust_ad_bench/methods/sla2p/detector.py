@@ -31,9 +31,9 @@ from torch import nn
 from robust_ad_bench.benchmark.errors import unknown_choice
 from robust_ad_bench.benchmark.registry import register_method
 from robust_ad_bench.datasets.base import TrainSet
-from robust_ad_bench.methods.backbones import BACKBONES, PretrainedFeatures, local_weights
+from robust_ad_bench.methods.backbones import BACKBONES, PretrainedFeatures, fit_by_reconstruction, local_weights
 from robust_ad_bench.methods.base import Detector, DetectorConfig
-from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
+from robust_ad_bench.methods.nets import ConvEncoder
 
 FEATURES = ("auto", "pixels", "autoencoder", *BACKBONES)
 PAPER_BATCH = 128  # batch over which the authors' scoring loss is averaged
@@ -197,17 +197,8 @@ class SLA2P(Detector):
     def _fit_encoder(self, images: torch.Tensor) -> None:
         """Train the encoder as half of an autoencoder on the normal data (MSE), then freeze it."""
         c = self.config
-        decoder = ConvDecoder(self.image_shape, c.encoder_width, c.encoder_latent).to(self.device)
-        self.encoder.requires_grad_(True)
-        params = list(self.encoder.parameters()) + list(decoder.parameters())
-        optimizer = torch.optim.Adam(params, lr=1e-3)
-        x = self.normalize(images)
-        for _ in range(c.encoder_epochs):
-            for idx in torch.randperm(len(x), device=x.device).split(64):
-                loss = (decoder(self.encoder(x[idx])) - x[idx]).pow(2).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        fit_by_reconstruction(self.encoder, self.normalize(images), c.encoder_width, c.encoder_latent,
+                              epochs=c.encoder_epochs, lr=1e-3)
         self.encoder.requires_grad_(False)
 
     def _fit_classifier(self, feats: torch.Tensor) -> None:
