@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +36,6 @@ from robust_ad_bench.methods.cobra.pseudo_anomalies import (
 )
 from robust_ad_bench.methods.cobra.training import OPTIMIZERS, make_optimizer, set_learning_rate
 from robust_ad_bench.methods.encoders import ENCODERS, encoder_for
-
-ATTACKS = ("intra", "opposite", "classification")
 
 
 @dataclass
@@ -111,7 +108,6 @@ class Contrastive(Detector):
 
     version = "1"
     Config = ContrastiveConfig
-    training_attacks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -228,7 +224,6 @@ class ContrastiveAT(Contrastive):
 
     Config = ContrastiveATConfig
     adversarially_trained = True
-    training_attacks = ("intra",)
 
     def prepare_training(self, train: TrainSet) -> None:
         default = max(train.default_eps.get("linf", (8 / 255,)))
@@ -264,7 +259,6 @@ class Cobra(ContrastiveAT):
     """COBRA (Mirzaei et al., ICLR 2025): contrastive AT with opposite-pair and transformation attacks."""
 
     Config = CobraConfig
-    training_attacks = ATTACKS
 
     def opposite_pair_attack(self, v2: torch.Tensor) -> torch.Tensor:
         """Move each row toward its opposite: the same image under another group, a random cyclic shift of
