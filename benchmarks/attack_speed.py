@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from robust_ad_bench.attacks.autoattack import TwoLogitDetector, best_by_objective
-from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
 
 
 def bare_pgd(detector: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> torch.Tensor:

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from robust_ad_bench.benchmark.registry import DATASETS, METHODS
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.registry import DATASETS, METHODS
 
 
 def best_rate(fn, x: torch.Tensor, repeats: int) -> float:

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from conftest import tiny_grid
-from robust_ad_bench.attacks.smoothing import CertifyConfig, certified_auroc, certify, lower_bounds, min_count
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.errors import BenchError
+from robust_ad_bench.benchmark.certification import CertifyConfig, certified_auroc, certify, lower_bounds, min_count
 from robust_ad_bench.benchmark.metrics import auroc
-from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS, load_plugin_file
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS, load_plugin_file
 
 PLUGIN = Path(__file__).parent / "plugins" / "attack_doubles.py"
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from robust_ad_bench.attacks.base import attack_objective
 from robust_ad_bench.benchmark import metrics
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.attack import attack_objective
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
 
 
 @pytest.fixture(scope="module")

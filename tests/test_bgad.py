@@ -9,11 +9,11 @@ import torch
 from conftest import TINY_FLOW, tiny_grid
 from robust_ad_bench.benchmark import defects, leaderboard
 from robust_ad_bench.benchmark.config import expand_grid
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import DATASETS, METHODS
 from robust_ad_bench.benchmark.runner import Runner, make_split
 from robust_ad_bench.benchmark.store import Store
-from robust_ad_bench.datasets.base import TrainSet, seeded_generator
+from robust_ad_bench.core.dataset import TrainSet, seeded_generator
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies, paste_defects
 from robust_ad_bench.methods.bgad.bgad import semi_push_pull
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
@@ -193,7 +193,7 @@ def test_torchvision_backbone_from_a_local_weights_file(tmp_path):
 
 def test_paper_config_parses_and_its_parameters_are_valid():
     from robust_ad_bench.benchmark.config import load_yaml
-    from robust_ad_bench.benchmark.params import build_config
+    from robust_ad_bench.core.params import build_config
 
     data = load_yaml("bgad_mvtec")  # the mvtec data is not needed to check the grid options
     assert data["n_anomalies"] == 10 and data["datasets"] == ["mvtec"]

@@ -6,12 +6,12 @@ import yaml
 
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.config import make_grid_config, packaged_configs
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.params import build_config
-from robust_ad_bench.benchmark.registry import DATASETS, METHODS
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.params import build_config
+from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.methods.cobra import losses
 from robust_ad_bench.methods.cobra.pseudo_anomalies import choose_pseudo_anomaly, expand_groups, scar
 

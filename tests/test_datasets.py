@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import DATASETS
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import DATASETS
 from robust_ad_bench.datasets import textures as tex
 
 CASES = [("digits", "0"), ("digits", "7"), ("textures", "brick"), ("textures", "gravel")]

@@ -5,9 +5,9 @@ import torch
 
 from conftest import TINY_METHOD_PARAMS
 from robust_ad_bench.benchmark import metrics
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import DATASETS, METHODS
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import DATASETS, METHODS
 
 BUILTIN = [n for n in METHODS.resolve("all")]
 

@@ -5,11 +5,11 @@ import torch
 
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.config import expand_grid, make_grid_config
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import DATASETS, METHODS
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
-from robust_ad_bench.datasets.base import transductive_split
+from robust_ad_bench.core.dataset import transductive_split
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import DATASETS, METHODS
 
 
 def test_transductive_split_counts_and_determinism():

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from robust_ad_bench.benchmark import registry
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS, Registry, load_plugin_file
+from robust_ad_bench.core import registry
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS, Registry, load_plugin_file
 from robust_ad_bench.methods.baselines.knn import KNN
 
 PLUGIN = Path(__file__).parent / "plugins" / "failing_methods.py"

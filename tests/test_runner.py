@@ -11,10 +11,10 @@ import torch
 
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.config import expand_grid
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import load_plugin_file
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import load_plugin_file
 
 PLUGIN = Path(__file__).parent / "plugins" / "failing_methods.py"
 

@@ -5,9 +5,9 @@ import torch
 
 from robust_ad_bench.benchmark import metrics
 from robust_ad_bench.benchmark.config import load_yaml
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import DATASETS, METHODS
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import DATASETS, METHODS
 
 TINY = {"n_projections": 8, "projection_dim": 8, "features": "pixels"}
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from robust_ad_bench.attacks.base import check_eps
 from robust_ad_bench.attacks.gradient import PGD, pgd
-from robust_ad_bench.benchmark.registry import register_attack, register_method
-from robust_ad_bench.methods.base import Detector
+from robust_ad_bench.core.attack import check_eps
+from robust_ad_bench.core.detector import Detector
+from robust_ad_bench.core.registry import register_attack, register_method
 
 
 class _MeanDistance(Detector):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from robust_ad_bench.benchmark.registry import register_method
-from robust_ad_bench.methods.base import Detector
+from robust_ad_bench.core.detector import Detector
+from robust_ad_bench.core.registry import register_method
 
 
 @register_method("broken-fit")

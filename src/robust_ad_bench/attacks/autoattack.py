@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust_ad_bench.attacks.adaptive import ScoreFn
-from robust_ad_bench.attacks.base import Attack, AttackConfig, attack_objective
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
-from robust_ad_bench.benchmark.registry import register_attack
+from robust_ad_bench.core.adaptive import ScoreFn
+from robust_ad_bench.core.attack import Attack, AttackConfig, attack_objective
+from robust_ad_bench.core.errors import BenchError, unknown_choice
+from robust_ad_bench.core.registry import register_attack
 
 TWO_CLASS_COMPONENTS = ("apgd-ce", "fab", "square")
 SELECTIONS = ("objective", "standard")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from robust_ad_bench.attacks.base import Attack, AttackConfig, attack_objective
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import register_attack
+from robust_ad_bench.core.attack import Attack, AttackConfig, attack_objective
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import register_attack
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # x -> per-sample value to maximize
 

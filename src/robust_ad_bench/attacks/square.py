@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from robust_ad_bench.attacks.base import Attack, AttackConfig, attack_objective
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import register_attack
+from robust_ad_bench.core.attack import Attack, AttackConfig, attack_objective
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import register_attack
 
 # (fraction of a 10 000-query budget, divisor of p_init) as in the paper's Linf schedule
 _P_SCHEDULE = ((0.001, 1), (0.005, 2), (0.02, 4), (0.05, 8), (0.1, 16), (0.2, 32), (0.4, 64), (0.6, 128),

@@ -20,8 +20,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import ATTACKS
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import ATTACKS
 
 CHECK_NAMES = ("eps0", "monotone", "large-eps", "more-steps", "black-box")
 FLAGS = {"eps0": "0", "monotone": "m", "large-eps": "L", "more-steps": "s", "black-box": "B", "error": "!"}

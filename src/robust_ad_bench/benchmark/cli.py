@@ -14,10 +14,10 @@ from rich.table import Table
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.config import Job, make_grid_config
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
-from robust_ad_bench.benchmark.registry import REGISTRIES, load_plugin_file
 from robust_ad_bench.benchmark.runner import Hooks, Runner, ensure_writable
 from robust_ad_bench.benchmark.store import STORE_FILE, Store, open_existing
+from robust_ad_bench.core.errors import BenchError, unknown_choice
+from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
 
 EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
                   "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",

@@ -11,13 +11,13 @@ from typing import Any
 
 import yaml
 
-from robust_ad_bench.attacks.base import NORMS, check_eps
-from robust_ad_bench.attacks.smoothing import CertifyConfig
+from robust_ad_bench.benchmark.certification import CertifyConfig
 from robust_ad_bench.benchmark.checks import CheckConfig
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
-from robust_ad_bench.benchmark.params import build_config, config_dict
-from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
-from robust_ad_bench.datasets.base import PROTOCOLS
+from robust_ad_bench.core.attack import NORMS, check_eps
+from robust_ad_bench.core.dataset import PROTOCOLS
+from robust_ad_bench.core.errors import BenchError, unknown_choice
+from robust_ad_bench.core.params import build_config, config_dict
+from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd")
 

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from robust_ad_bench.attacks.smoothing import certify
 from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark.certification import certify
 from robust_ad_bench.benchmark.checks import CHECKS_VERSION, run_checks
 from robust_ad_bench.benchmark.config import GridConfig, Job, content_key, expand_grid
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.params import config_dict
-from robust_ad_bench.benchmark.registry import ATTACKS, DATASETS, METHODS
 from robust_ad_bench.benchmark.store import JobResult, Store
-from robust_ad_bench.datasets.base import Split, TrainSet, seeded_generator, transductive_split
+from robust_ad_bench.core.dataset import Split, TrainSet, seeded_generator, transductive_split
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.params import config_dict
+from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
 from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies
 
 SCORE_BATCH = 512

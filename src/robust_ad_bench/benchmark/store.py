@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robust_ad_bench.benchmark.errors import BenchError
+from robust_ad_bench.core.errors import BenchError
 
 SCHEMA_VERSION = 2  # 2: attack_detail column, checks and certified tables
 STORE_FILE = "results.sqlite"

@@ -1,6 +1,3 @@
 """Datasets. Importing this package registers the built-in ones."""
 
 from robust_ad_bench.datasets import digits, tabular, textures  # noqa: F401  (registers)
-from robust_ad_bench.datasets.base import Dataset, Split, TrainSet
-
-__all__ = ["Dataset", "Split", "TrainSet"]

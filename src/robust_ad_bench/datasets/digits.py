@@ -7,8 +7,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from robust_ad_bench.benchmark.registry import register_dataset
-from robust_ad_bench.datasets.base import Dataset, Split, seeded_generator
+from robust_ad_bench.core.dataset import Dataset, Split, seeded_generator
+from robust_ad_bench.core.registry import register_dataset
 
 TRAIN_FRACTION = 2 / 3
 ANOMALIES_PER_DIGIT = 30

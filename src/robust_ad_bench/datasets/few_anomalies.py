@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import torch
 
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
-from robust_ad_bench.datasets.base import Split
+from robust_ad_bench.core.dataset import Split
+from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 
 def hold_out_anomalies(split: Split, n: int, known_defects: list[str] | None,

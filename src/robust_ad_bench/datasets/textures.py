@@ -8,8 +8,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from robust_ad_bench.benchmark.registry import register_dataset
-from robust_ad_bench.datasets.base import Dataset, Split, seeded_generator
+from robust_ad_bench.core.dataset import Dataset, Split, seeded_generator
+from robust_ad_bench.core.registry import register_dataset
 
 CATEGORIES = ("brick", "grass", "gravel")
 PATCH = 32

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
 
 # stage modules whose outputs are the feature levels (strides 4, 8, 16 of the input)

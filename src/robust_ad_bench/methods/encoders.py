@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_ad_bench.benchmark.errors import unknown_choice
+from robust_ad_bench.core.errors import unknown_choice
 from robust_ad_bench.methods.nets import halvings
 
 ENCODERS = ("auto", "small-cnn", "resnet")

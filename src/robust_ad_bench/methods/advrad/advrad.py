@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import METHODS, register_method
-from robust_ad_bench.datasets.base import TrainSet
-from robust_ad_bench.methods.base import Detector, TrainConfig
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.detector import Detector, TrainConfig
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import METHODS, register_method
 from robust_ad_bench.methods.diffusion import LinearSchedule, SmallUNet, ddpm_loss, denoise, multiscale_error
 
 STAT_BATCH = 256  # training images per call when the mean error map is computed

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from robust_ad_bench.attacks.gradient import pgd
-from robust_ad_bench.benchmark.registry import register_method
-from robust_ad_bench.datasets.base import TrainSet
-from robust_ad_bench.methods.base import Detector, TrainConfig
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.detector import Detector, TrainConfig
+from robust_ad_bench.core.registry import register_method
 from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
 
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_ad_bench.benchmark.errors import unknown_choice
-from robust_ad_bench.benchmark.registry import register_method
-from robust_ad_bench.datasets.base import TrainSet
-from robust_ad_bench.methods.base import Detector
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.detector import Detector
+from robust_ad_bench.core.errors import unknown_choice
+from robust_ad_bench.core.registry import register_method
 
 FEATURES = ("pixels", "random-conv")
 

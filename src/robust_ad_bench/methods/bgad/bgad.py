@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_ad_bench.benchmark.errors import BenchError
-from robust_ad_bench.benchmark.registry import register_method
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.detector import Detector, DetectorConfig
+from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.registry import register_method
 from robust_ad_bench.datasets.few_anomalies import paste_defects
 from robust_ad_bench.methods.backbones import PretextFeatures, TorchvisionFeatures
-from robust_ad_bench.methods.base import Detector, DetectorConfig
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
 
 

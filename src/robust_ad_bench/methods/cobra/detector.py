@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_ad_bench.attacks.gradient import pgd
-from robust_ad_bench.benchmark.errors import unknown_choice
-from robust_ad_bench.benchmark.registry import register_method
-from robust_ad_bench.datasets.base import TrainSet
-from robust_ad_bench.methods.base import Detector, DetectorConfig
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.detector import Detector, DetectorConfig
+from robust_ad_bench.core.errors import unknown_choice
+from robust_ad_bench.core.registry import register_method
 from robust_ad_bench.methods.cobra import losses
 from robust_ad_bench.methods.cobra.pseudo_anomalies import (
     PSEUDO_ANOMALIES,

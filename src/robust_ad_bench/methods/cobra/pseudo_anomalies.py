@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from robust_ad_bench.benchmark.errors import unknown_choice
+from robust_ad_bench.core.errors import unknown_choice
 
 PSEUDO_ANOMALIES = ("auto", "rotation", "scar")
 GROUPS = {"rotation": 4, "scar": 2}

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_ad_bench.benchmark.errors import unknown_choice
-from robust_ad_bench.benchmark.registry import register_method
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.detector import Detector, DetectorConfig
+from robust_ad_bench.core.errors import unknown_choice
+from robust_ad_bench.core.registry import register_method
 from robust_ad_bench.methods.backbones import BACKBONES, PretrainedFeatures, fit_by_reconstruction, local_weights
-from robust_ad_bench.methods.base import Detector, DetectorConfig
 from robust_ad_bench.methods.nets import ConvEncoder
 
 FEATURES = ("auto", "pixels", "autoencoder", *BACKBONES)

@@ -6,7 +6,7 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 C = TypeVar("C")
 

@@ -3,7 +3,7 @@
 ``y`` is 0 for normal and 1 for anomaly. The attacker wants the detector to be wrong: raise the score of
 normal images and lower the score of anomalies, i.e. maximize ``score(x) * (1 - 2y)`` inside the eps-ball
 and [0, 1]. An attack knows a detector only through ``score`` and its class flags; the adaptive parts
-(EOT for ``stochastic`` scores, BPDA for non-differentiable purifiers) come from ``attacks.adaptive``.
+(EOT for ``stochastic`` scores, BPDA for non-differentiable purifiers) come from ``core.adaptive``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from robust_ad_bench.attacks.adaptive import GRADIENT_MODES, ScoreFn, attack_score, describe_adaptive, eot_draws
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
-from robust_ad_bench.benchmark.params import build_config
+from robust_ad_bench.core.adaptive import GRADIENT_MODES, ScoreFn, attack_score, describe_adaptive, eot_draws
+from robust_ad_bench.core.errors import BenchError, unknown_choice
+from robust_ad_bench.core.params import build_config
 
 NORMS = ("linf", "l2", "none")
 TARGETS = ("both", "normal", "anomaly")  # which test images the attacker perturbs

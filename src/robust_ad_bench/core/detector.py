@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from robust_ad_bench.benchmark.params import build_config
-from robust_ad_bench.datasets.base import TrainSet
+from robust_ad_bench.core.dataset import TrainSet
+from robust_ad_bench.core.params import build_config
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 T = TypeVar("T", bound=type)
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 PROTOCOLS = ("one-class", "transductive")  # how a split is used; see ``transductive_split``
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from scipy.stats import beta, norm
 
-from robust_ad_bench.attacks.adaptive import ScoreFn
 from robust_ad_bench.benchmark import metrics
-from robust_ad_bench.benchmark.errors import BenchError, unknown_choice
+from robust_ad_bench.core.adaptive import ScoreFn
+from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 CERTIFY_METHODS = ("certifiable", "all", "none")
 
