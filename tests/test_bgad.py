@@ -9,16 +9,17 @@ import torch
 from conftest import TINY_FLOW, tiny_grid
 from robust_ad_bench.benchmark import defects, leaderboard
 from robust_ad_bench.benchmark.config import expand_grid
-from robust_ad_bench.benchmark.runner import Runner, make_split
+from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.core.dataset import TrainSet, seeded_generator
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies, paste_defects
+from robust_ad_bench.datasets.protocols import SplitSpec, make_split
 from robust_ad_bench.methods.bgad.bgad import semi_push_pull
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
 
-FEW = {"n_anomalies": 6, "known_defects": ["blob", "scratch"]}
+FEW = {"n_anomalies": 6, "known_defects": ("blob", "scratch")}
 
 
 def test_flow_log_likelihood_of_a_gaussian_is_the_analytic_density():
@@ -83,7 +84,7 @@ def test_boundary_is_the_quantile_and_the_loss_is_semi_push_pull():
 
 def test_known_anomalies_are_kept_out_of_the_test_set_for_every_method(tmp_path):
     full = DATASETS.get("textures")().split("grass", 0)
-    split = make_split("textures", "grass", 0, FEW)
+    split = make_split(SplitSpec("textures", "grass", 0, **FEW))
     assert split.anomalies.shape == (6, 1, 32, 32) and split.anomaly_masks.shape == (6, 32, 32)
     assert len(split.test) == len(full.test) - 6 and split.test_masks.shape[0] == len(split.test)
     # none of the held-out images is still in the test set; they come from the known types, 3 + 3
@@ -93,9 +94,9 @@ def test_known_anomalies_are_kept_out_of_the_test_set_for_every_method(tmp_path)
                                                                 split.anomalies.flatten(1)).min() == 0]
     assert sorted(full.test_defects[i] for i in taken) == ["blob"] * 3 + ["scratch"] * 3
     assert split.known_defects == ["blob", "scratch"]
-    again = make_split("textures", "grass", 0, FEW)  # deterministic given the seed
+    again = make_split(SplitSpec("textures", "grass", 0, **FEW))  # deterministic given the seed
     assert torch.equal(again.anomalies, split.anomalies)
-    assert not torch.equal(make_split("textures", "grass", 1, FEW).anomalies, split.anomalies)
+    assert not torch.equal(make_split(SplitSpec("textures", "grass", 1, **FEW)).anomalies, split.anomalies)
     with pytest.raises(BenchError, match="unknown known defect type 'dent'"):
         hold_out_anomalies(full, 2, ["dent"], seeded_generator(0))
     with pytest.raises(BenchError, match="more than the 20 test anomalies"):
@@ -137,7 +138,7 @@ def test_defect_aurocs_split_seen_and_unseen():
 
 
 def test_pasted_defects_keep_their_shape_and_the_normal_background():
-    split = make_split("textures", "brick", 0, FEW)
+    split = make_split(SplitSpec("textures", "brick", 0, **FEW))
     g = torch.Generator().manual_seed(0)
     images, masks = paste_defects(split.anomalies, split.anomaly_masks, split.train, 40, g)
     assert images.shape == (40, 1, 32, 32) and masks.shape == (40, 32, 32)
@@ -151,7 +152,7 @@ def test_pasted_defects_keep_their_shape_and_the_normal_background():
 
 
 def test_bgad_trains_on_known_anomalies_and_scores_differentiably():
-    split = make_split("textures", "grass", 0, FEW)
+    split = make_split(SplitSpec("textures", "grass", 0, **FEW))
     torch.manual_seed(0)
     model = METHODS.get("bgad")((1, 32, 32), {**TINY_FLOW, "n_pasted": 8})
     model.fit(TrainSet(split.train, split.anomalies, split.anomaly_masks))
@@ -163,7 +164,7 @@ def test_bgad_trains_on_known_anomalies_and_scores_differentiably():
 
 
 def test_bgad_and_its_ablation_share_the_pretext_backbone():
-    split = make_split("textures", "grass", 0, FEW)
+    split = make_split(SplitSpec("textures", "grass", 0, **FEW))
     models = []
     for name, seed, extra in (("bgad", 1, {"n_pasted": 8}), ("bgad-unsup", 2, {})):  # seeded apart, as in runs
         torch.manual_seed(seed)

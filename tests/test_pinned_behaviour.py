@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from conftest import tiny_grid
+from robust_ad_bench.benchmark.jobs import certificate_key, check_key
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.core.registry import METHODS
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_behaviour.json").read_text())
 GRIDS = {
@@ -53,7 +55,10 @@ def test_keys_and_scores_are_unchanged(tmp_path, name, one_thread):
     got = [(j.method, j.attack, j.eps, j.key, j.train_key) for j in runner.jobs]
     assert got == [(r["method"], r["attack"], r["eps"], r["key"], r["train_key"]) for r in expected["jobs"]]
     groups = [list(g) for _, g in itertools.groupby(runner.jobs, key=lambda j: j.train_key)]
-    models = {g[0].method: {"check_key": runner._check_key(g), "cert_key": runner._cert_key(g)} for g in groups}
+    certifiable = {g[0].method: METHODS.get(g[0].method).certifiable for g in groups}
+    models = {g[0].method: {"check_key": check_key(g, runner.cfg.checks),
+                            "cert_key": certificate_key(g, runner.cfg.certify, certifiable[g[0].method])}
+              for g in groups}
     assert models == expected["models"]
 
     summary = runner.run()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from robust_ad_bench.benchmark.plots import eps_label, make_plots, safe_name
-from robust_ad_bench.benchmark.store import JobResult, Store
+from robust_ad_bench.benchmark.store import CertifiedRow, JobResult, Store
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METHODS = ["deep-svdd", "ae/robust"]  # the slash checks file-name sanitizing
@@ -33,8 +33,9 @@ def _fill(store: Store, rng: np.random.Generator, with_scores: bool = True) -> N
                             metrics={"auroc": float(rng.uniform(0.3, 0.95))}, n_test=200,
                             labels=labels if with_scores else None, scores=scores if with_scores else None,
                         ))
-    store.put_certified([(f"c-{m}-{c}", f"{m}|digits|{c}|0", m, "digits", c, 0, 0.25, r, 0.0, max(0.0, 0.9 - r),
-                          0.5, 0.1) for m in METHODS for c in ("0", "1") for r in (0.0, 0.25, 0.5)])
+    store.put_certified([CertifiedRow(f"c-{m}-{c}", f"{m}|digits|{c}|0", m, "digits", c, 0, 0.25, r, 0.0,
+                                      max(0.0, 0.9 - r), 0.5, 0.1)
+                         for m in METHODS for c in ("0", "1") for r in (0.0, 0.25, 0.5)])
     store.put(JobResult(key="failed", train_key="t", status="failed", method=METHODS[0], dataset=DATASETS[0],
                         normal_class="0", seed=0, attack="pgd", norm="linf", eps=16 / 255, config={},
                         error="boom"))

@@ -80,6 +80,7 @@ class Square(Attack):
     Config = SquareConfig
     norm = "linf"
     black_box = True  # not itself checked against a black-box attack
+    masking_check = True  # the sanity checks' gradient-masking check for its norm
 
     def linf_radius(self, eps: float, x: torch.Tensor) -> float:
         return eps

@@ -25,7 +25,6 @@ from robust_ad_bench.core.registry import ATTACKS
 
 CHECK_NAMES = ("eps0", "monotone", "large-eps", "more-steps", "black-box")
 FLAGS = {"eps0": "0", "monotone": "m", "large-eps": "L", "more-steps": "s", "black-box": "B", "error": "!"}
-BLACK_BOX = {"linf": "square", "l2": "square-l2"}
 CHECKS_VERSION = "2"  # bump when a check's definition changes (part of the check key)
 
 Evaluate = Callable[[str, dict, float], float]  # (attack name, attack params, eps) -> AUROC
@@ -58,6 +57,14 @@ class CheckResult:
     value: float | None = None  # the figure the check measured
     reference: float | None = None  # what it was compared with
     detail: str = ""
+
+
+def masking_check_attack(norm: str) -> str:
+    """The registered black-box attack that checks white-box attacks of ``norm`` for gradient masking."""
+    found = [name for name, cls in ATTACKS if cls.masking_check and cls.norm == norm]
+    if len(found) != 1:
+        raise BenchError(f"need exactly one attack with masking_check = True for norm {norm}, found {found or 'none'}")
+    return found[0]
 
 
 def large_eps(norm: str, cfg: CheckConfig, image_numel: int) -> float:
@@ -102,8 +109,8 @@ def run_checks(attacks: dict[str, dict], grid: dict[tuple[str, float], float], e
     for norm, names in white_box.items():
         eps_max = max(e for (a, e) in grid if a in names)
         strongest = min(grid[(a, eps_max)] for a in names if (a, eps_max) in grid)
-        blind = evaluate(BLACK_BOX[norm], {"queries": cfg.square_queries, "eot_samples": cfg.square_eot_samples},
-                         eps_max)
+        blind = evaluate(masking_check_attack(norm),
+                         {"queries": cfg.square_queries, "eot_samples": cfg.square_eot_samples}, eps_max)
         masked = blind < strongest - tol
         for name in names:  # judged against the strongest white-box attack: a weak FGSM is not masking
             results.append(CheckResult(name, "black-box", not masked, blind, strongest,

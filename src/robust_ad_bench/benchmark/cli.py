@@ -1,4 +1,4 @@
-"""Command line: ``robust-ad-bench run | list | leaderboard | defects | export | plot``."""
+"""Command line: ``robust-ad-bench run | list | leaderboard | audit | defects | export | plot``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from rich.table import Table
 
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.config import Job, make_grid_config
-from robust_ad_bench.benchmark.runner import Hooks, Runner, ensure_writable
+from robust_ad_bench.benchmark.config import make_grid_config
+from robust_ad_bench.benchmark.jobs import Job
+from robust_ad_bench.benchmark.runner import Hooks, Runner
+from robust_ad_bench.benchmark.runtime import ensure_writable
 from robust_ad_bench.benchmark.store import STORE_FILE, Store, open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
@@ -13,11 +11,12 @@ import yaml
 
 from robust_ad_bench.benchmark.certification import CertifyConfig
 from robust_ad_bench.benchmark.checks import CheckConfig
+from robust_ad_bench.benchmark.jobs import AttackSpec, Job, ModelSpec
 from robust_ad_bench.core.attack import NORMS, check_eps
-from robust_ad_bench.core.dataset import PROTOCOLS
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.params import build_config, config_dict
 from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
+from robust_ad_bench.datasets.protocols import PROTOCOLS, SplitSpec
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd")
 
@@ -43,25 +42,9 @@ class GridConfig:
     n_anomalies: int = 0
     known_defects: list[str] | None = None  # draw them only from these defect types (the rest: unseen)
     # "one-class": train on clean normal images, test on held-out normals and anomalies (the leaderboard);
-    # "transductive": train and score one contaminated set (``datasets.base.transductive_split``)
+    # "transductive": train and score one contaminated set (``datasets.protocols.transductive_split``)
     protocol: str = "one-class"
     contamination: float = 0.1  # transductive only: anomalies per normal image
-
-
-@dataclass(frozen=True)
-class Job:
-    """One cell of the grid: a trained model (``train_key``) under one attack at one eps (``key``)."""
-
-    method: str
-    dataset: str
-    normal_class: str
-    seed: int
-    attack: str
-    norm: str
-    eps: float
-    train_key: str
-    key: str
-    config: dict[str, Any]
 
 
 def parse_eps(value: Any) -> float:
@@ -127,7 +110,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     for key in data:
         if key not in valid:
             raise unknown_choice(f"option in config '{path}'", key, valid)
-    data.pop("reported", None)  # paper figures, read by the leaderboard, not by the grid
+    data.pop("reported", None)  # paper figures beside the grid: not part of what runs
     return data
 
 
@@ -177,11 +160,6 @@ def _section(value: Any, config_cls: type, name: str, off: dict[str, Any]) -> An
     return build_config(config_cls, value, name)
 
 
-def content_key(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
 def _classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
     spec = cfg.classes
     if spec is None:
@@ -202,20 +180,19 @@ def _classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
     return picked
 
 
-def _protocol(cfg: GridConfig) -> dict[str, Any]:
-    """The protocol entries of a training key; empty for the default one-class protocol, so the keys of
-    one-class jobs stay what they were."""
+def _protocol(cfg: GridConfig) -> tuple[str, float | None]:
+    """The protocol and, for the transductive one, its contamination (validated)."""
     if cfg.protocol not in PROTOCOLS:
         raise unknown_choice("protocol", cfg.protocol, PROTOCOLS)
     if cfg.protocol == "one-class":
-        return {}
+        return cfg.protocol, None
     try:
         contamination = float(cfg.contamination)
     except (TypeError, ValueError):
         raise BenchError(f"contamination must be a number, got {cfg.contamination!r}") from None
     if not contamination > 0:
         raise BenchError(f"contamination must be > 0, got {cfg.contamination!r}")
-    return {"protocol": cfg.protocol, "contamination": contamination}
+    return cfg.protocol, contamination
 
 
 def expand_grid(cfg: GridConfig) -> list[Job]:
@@ -224,7 +201,7 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
     methods = METHODS.resolve(cfg.methods)
     datasets = DATASETS.resolve(cfg.datasets)
     attacks = ATTACKS.resolve(cfg.attacks)
-    protocol = _protocol(cfg)
+    protocol, contamination = _protocol(cfg)
     for name in cfg.method_params:
         METHODS.get(name)
     for name in cfg.attack_params:
@@ -233,36 +210,28 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                                                f"method '{m}'")) for m in methods}
     attack_cfgs = {a: config_dict(build_config(ATTACKS.get(a).Config, cfg.attack_params.get(a),
                                                f"attack '{a}'")) for a in attacks}
-    few = None
-    if cfg.n_anomalies > 0:  # only then in the keys: grids without it keep their keys
-        known = sorted({str(d) for d in cfg.known_defects}) if cfg.known_defects else None
-        few = {"n_anomalies": cfg.n_anomalies, "known_defects": known}
+    known = tuple(sorted({str(d) for d in cfg.known_defects})) if cfg.known_defects else None
     jobs: list[Job] = []
     for ds_name in datasets:
         dataset = DATASETS.get(ds_name)()
-        if few and few["known_defects"] and dataset.defect_kinds:
-            for kind in few["known_defects"]:
+        if cfg.n_anomalies and known and dataset.defect_kinds:
+            for kind in known:
                 if kind not in dataset.defect_kinds:
                     raise unknown_choice(f"known defect type of dataset '{ds_name}'", kind, dataset.defect_kinds)
         for cls in _classes_for(cfg, dataset):
             for seed in cfg.seeds:
+                split = SplitSpec(ds_name, cls, seed, cfg.n_anomalies, known if cfg.n_anomalies else None,
+                                  protocol, contamination)
                 for m in methods:
                     method = METHODS.get(m)
-                    train = {"method": m, "method_version": method.version, "params": method_cfgs[m],
-                             "dataset": ds_name, "dataset_version": dataset.version,
-                             "normal_class": cls, "seed": seed, **protocol}
-                    if few and method.needs_anomalies:  # the anomalies it trains on
-                        train["anomalies_seen"] = few
-                    train_key = content_key(train)
-                    tested = {**train, "few_anomalies": few} if few else train  # the reduced test set
+                    model = ModelSpec(m, method.version, method_cfgs[m], dataset.version, split,
+                                      trains_on_anomalies=bool(cfg.n_anomalies and method.needs_anomalies))
                     for a in attacks:
                         attack = ATTACKS.get(a)
                         norm = attack.norm
                         eps_list = [0.0] if norm == "none" else (
                             (cfg.eps or {}).get(norm) or list(dataset.default_eps[norm]))
                         for eps in eps_list:
-                            config = {**tested, "attack": a, "attack_version": attack.version,
-                                      "attack_params": attack_cfgs[a], "norm": norm, "eps": round(eps, 10)}
-                            jobs.append(Job(m, ds_name, cls, seed, a, norm, float(eps), train_key,
-                                            content_key({"train_key": train_key, **config}), config))
+                            jobs.append(Job.build(model, AttackSpec(a, attack.version, attack_cfgs[a], norm,
+                                                                    float(eps))))
     return jobs

@@ -7,14 +7,16 @@ types the known anomalies were drawn from; "unseen": against the other types.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark.jobs import StoredConfig
 from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.core.dataset import Split
+from robust_ad_bench.datasets.protocols import SplitSpec, make_split
 
 
 def defect_aurocs(labels: np.ndarray, scores: np.ndarray, defects: list[str],
@@ -37,20 +39,17 @@ def defect_aurocs(labels: np.ndarray, scores: np.ndarray, defects: list[str],
 
 def defect_table(store: Store) -> pd.DataFrame:
     """One row per finished few-anomaly job and group (defect type, seen, unseen) with its AUROC."""
-    from robust_ad_bench.benchmark.runner import make_split  # the runner imports the method registry
-
     results = store.results(status="ok")
     rows: list[dict[str, Any]] = []
-    splits: dict[tuple, Any] = {}
+    splits: dict[SplitSpec, Split] = {}  # rows come method by method: keep every split they test on
     for job in results.itertuples():
-        few = json.loads(job.config).get("few_anomalies")
+        spec = StoredConfig.parse(job.config).split()
         stored = store.scores(job.key)
-        if not few or stored is None:
+        if not spec.n_anomalies or stored is None:
             continue
-        ident = (job.dataset, job.normal_class, job.seed, json.dumps(few, sort_keys=True))
-        if ident not in splits:
-            splits[ident] = make_split(job.dataset, job.normal_class, job.seed, few)
-        split = splits[ident]
+        if spec not in splits:
+            splits[spec] = make_split(spec)  # the split the job was tested on, protocol included
+        split = splits[spec]
         labels, scores = stored
         if split.test_defects is None or len(split.test_defects) != len(scores):
             continue  # a dataset without defect names, or a store from other data

@@ -8,7 +8,6 @@ black-box attack beat it, see ``FLAG_LEGEND``); for each norm and eps attacked b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robust_ad_bench.benchmark.checks import FLAGS
+from robust_ad_bench.benchmark.jobs import StoredConfig
 
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
 METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC"}
@@ -139,8 +139,7 @@ def saw_anomalies(results: pd.DataFrame) -> pd.Series:
     """Per method: whether it trained on labelled anomalies (the ``anomalies_seen`` entry of its config)."""
     if "config" not in results or results.empty:
         return pd.Series(dtype=bool)
-    configs = results["config"].map(lambda c: json.loads(c) if isinstance(c, str) else (c or {}))
-    return configs.map(lambda c: bool(c.get("anomalies_seen"))).groupby(results["method"]).any()
+    return results["config"].map(lambda c: StoredConfig.parse(c).saw_anomalies).groupby(results["method"]).any()
 
 
 def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None:

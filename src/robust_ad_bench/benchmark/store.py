@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,6 @@ RESULT_COLUMNS = (
     "auroc", "auroc_ci_low", "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "n_test", "seconds", "error",
     "adversarially_trained", "attack_detail", "config", "finished_at",
 )
-CHECK_COLUMNS = ("check_key", "train_key", "method", "dataset", "normal_class", "seed", "attack", "name",
-                 "passed", "value", "reference", "detail")
-CERTIFIED_COLUMNS = ("cert_key", "train_key", "method", "dataset", "normal_class", "seed", "sigma", "radius",
-                     "threshold", "certified_accuracy", "certified_auroc", "abstain")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY, train_key TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
@@ -83,6 +79,46 @@ class JobResult:
     attack_detail: str = ""
     labels: np.ndarray | None = None
     scores: np.ndarray | None = None
+
+
+@dataclass
+class CheckRow:
+    """One sanity check of one trained model (a row of the ``checks`` table)."""
+
+    check_key: str
+    train_key: str
+    method: str
+    dataset: str
+    normal_class: str
+    seed: int
+    attack: str
+    name: str
+    passed: bool
+    value: float | None
+    reference: float | None
+    detail: str
+
+
+@dataclass
+class CertifiedRow:
+    """Certified figures of one trained model at one sigma and radius (a row of the ``certified`` table)."""
+
+    cert_key: str
+    train_key: str
+    method: str
+    dataset: str
+    normal_class: str
+    seed: int
+    sigma: float
+    radius: float
+    threshold: float
+    certified_accuracy: float
+    certified_auroc: float
+    abstain: float
+
+
+CHECK_COLUMNS = tuple(f.name for f in fields(CheckRow))
+CERTIFIED_COLUMNS = tuple(f.name for f in fields(CertifiedRow))
 
 
 class Store:
@@ -168,9 +204,9 @@ class Store:
     def has_checks(self, check_key: str) -> bool:
         return self._has("checks", "check_key", check_key)
 
-    def put_checks(self, rows: list[tuple[Any, ...]]) -> None:
-        """Rows in ``CHECK_COLUMNS`` order, all in one transaction."""
-        self._insert("checks", CHECK_COLUMNS, rows)
+    def put_checks(self, rows: list[CheckRow]) -> None:
+        """All checks of one model, in one transaction."""
+        self._insert("checks", CHECK_COLUMNS, [astuple(r) for r in rows])
 
     def checks(self) -> pd.DataFrame:
         frame = pd.read_sql_query(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks", self.conn)
@@ -180,9 +216,9 @@ class Store:
     def has_certified(self, cert_key: str) -> bool:
         return self._has("certified", "cert_key", cert_key)
 
-    def put_certified(self, rows: list[tuple[Any, ...]]) -> None:
-        """Rows in ``CERTIFIED_COLUMNS`` order, all in one transaction."""
-        self._insert("certified", CERTIFIED_COLUMNS, rows)
+    def put_certified(self, rows: list[CertifiedRow]) -> None:
+        """All certificates of one model, in one transaction."""
+        self._insert("certified", CERTIFIED_COLUMNS, [astuple(r) for r in rows])
 
     def certified(self) -> pd.DataFrame:
         return pd.read_sql_query(f"SELECT {', '.join(CERTIFIED_COLUMNS)} FROM certified", self.conn)

@@ -56,6 +56,7 @@ class Attack:
     norm: ClassVar[str] = "linf"  # threat model: "linf", "l2", or "none" (clean)
     Config: ClassVar[type] = AttackConfig
     black_box: ClassVar[bool] = False  # uses forward passes only
+    masking_check: ClassVar[bool] = False  # the black-box attack the sanity checks run for its norm
 
     def __init__(self, config: Any = None) -> None:
         if config is None or isinstance(config, dict):

@@ -8,9 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from robust_ad_bench.core.errors import BenchError, unknown_choice
-
-PROTOCOLS = ("one-class", "transductive")  # how a split is used; see ``transductive_split``
+from robust_ad_bench.core.errors import unknown_choice
 
 
 @dataclass
@@ -66,6 +64,7 @@ class Dataset:
     # the anomaly types named in ``test_defects`` when they are the same for every class (checked
     # before a run with ``known_defects``); empty: checked when the split is made
     defect_kinds: ClassVar[tuple[str, ...]] = ()
+    hidden: ClassVar[bool] = False  # left out of ``--datasets all`` (e.g. vectors that conv methods cannot take)
 
     def classes(self) -> list[str]:
         """The normal classes or categories, as strings (CLI ``--classes`` picks among them)."""
@@ -86,33 +85,3 @@ def seeded_generator(*parts: object) -> torch.Generator:
     """A torch generator seeded from ``parts`` with a stable hash (Python's ``hash`` of str is salted)."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def transductive_split(split: Split, contamination: float, seed: int) -> Split:
-    """The unsupervised (transductive) protocol: one contaminated set that is both trained on and scored.
-
-    The set holds every normal image of ``split`` (train and test) and ``int(n_normal · contamination)``
-    anomalies drawn from its test anomalies (so ``contamination`` is anomalies per normal, as in the
-    SLA²P and E3Outlier loaders: 0.1 gives 9.1 % anomalies). Deterministic given ``seed``.
-    """
-    if not contamination > 0:
-        raise BenchError(f"contamination must be > 0 for the transductive protocol, got {contamination!r}")
-    normal = split.test_labels == 0
-    normals = torch.cat([split.train, split.test[normal]])
-    pool = torch.nonzero(~normal).flatten()
-    n_anomalies = int(len(normals) * contamination)
-    if n_anomalies > len(pool):
-        raise BenchError(f"contamination {contamination:g} needs {n_anomalies} anomalies but the split has "
-                         f"{len(pool)}; valid: contamination <= {len(pool) / len(normals):.3f}")
-    g = seeded_generator("transductive", seed, contamination, len(normals), len(pool))
-    chosen = pool[torch.randperm(len(pool), generator=g)[:n_anomalies]]
-    images = torch.cat([normals, split.test[chosen]])
-    masks = None
-    if split.test_masks is not None:
-        empty = torch.zeros(len(normals), *split.test_masks.shape[1:], dtype=split.test_masks.dtype)
-        masks = torch.cat([empty, split.test_masks[chosen]])
-    defects = None
-    if split.test_defects is not None:
-        defects = [""] * len(normals) + [split.test_defects[i] for i in chosen.tolist()]
-    labels = torch.cat([torch.zeros(len(normals)), torch.ones(n_anomalies)]).float()
-    return Split(train=images, test=images.clone(), test_labels=labels, test_masks=masks, test_defects=defects)

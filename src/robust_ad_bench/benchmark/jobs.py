@@ -1,0 +1,163 @@
+"""The grid's jobs as typed records, and every key built from them (this module is the only place keys
+are made).
+
+A key is a hash of everything that determines a result, so a finished job is never recomputed and a
+changed setting always is:
+
+- ``ModelSpec.key`` (the training key): method, its version and hyper-parameters, the dataset, its version,
+  class and seed, the protocol, and the labelled anomalies the method trained on (if it did);
+- ``Job.key``: the training key, the test set (the few-anomaly hold-out), the attack, its version and
+  parameters, the norm and eps;
+- ``check_key`` / ``certificate_key``: the sanity checks and certificates of one trained model.
+
+The JSON payloads hashed here are also what the store keeps of a job (its ``config`` column); keys of
+earlier runs stay valid only while these payloads stay the same (``tests/test_pinned_behaviour.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from robust_ad_bench.benchmark.certification import CertifyConfig
+from robust_ad_bench.benchmark.checks import CHECKS_VERSION, CheckConfig
+from robust_ad_bench.core.params import config_dict
+from robust_ad_bench.datasets.protocols import SplitSpec
+
+
+def content_key(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _few_payload(split: SplitSpec) -> dict[str, Any] | None:
+    if split.n_anomalies <= 0:
+        return None
+    known = sorted(split.known_defects) if split.known_defects else None
+    return {"n_anomalies": split.n_anomalies, "known_defects": known}
+
+
+def _protocol_payload(split: SplitSpec) -> dict[str, Any]:
+    """Empty for the default one-class protocol, so the keys of one-class jobs stay what they were."""
+    if split.protocol == "one-class":
+        return {}
+    return {"protocol": split.protocol, "contamination": split.contamination}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What determines one trained model."""
+
+    method: str
+    method_version: str
+    params: dict[str, Any]  # the method's hyper-parameters (``config_dict`` of its Config)
+    dataset_version: str
+    split: SplitSpec
+    trains_on_anomalies: bool  # the method needs anomalies and the grid holds some out
+
+    def payload(self) -> dict[str, Any]:
+        s = self.split
+        payload = {"method": self.method, "method_version": self.method_version, "params": self.params,
+                   "dataset": s.dataset, "dataset_version": self.dataset_version, "normal_class": s.normal_class,
+                   "seed": s.seed, **_protocol_payload(s)}
+        if self.trains_on_anomalies:
+            payload["anomalies_seen"] = _few_payload(s)
+        return payload
+
+    @property
+    def key(self) -> str:
+        return content_key(self.payload())
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack at one budget."""
+
+    name: str
+    version: str
+    params: dict[str, Any]  # ``config_dict`` of the attack's Config
+    norm: str  # linf, l2, or none (clean)
+    eps: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell of the grid: a trained model under one attack at one eps."""
+
+    model: ModelSpec
+    attack_spec: AttackSpec
+    train_key: str
+    key: str
+
+    @classmethod
+    def build(cls, model: ModelSpec, attack: AttackSpec) -> Job:
+        train_key = model.key
+        return cls(model, attack, train_key, content_key({"train_key": train_key, **job_payload(model, attack)}))
+
+    # the identity of a job as the store, the leaderboard and the CLI read it
+    method = property(lambda self: self.model.method)
+    dataset = property(lambda self: self.model.split.dataset)
+    normal_class = property(lambda self: self.model.split.normal_class)
+    seed = property(lambda self: self.model.split.seed)
+    attack = property(lambda self: self.attack_spec.name)
+    norm = property(lambda self: self.attack_spec.norm)
+    eps = property(lambda self: self.attack_spec.eps)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The payload the job key hashes (stored beside the result)."""
+        return job_payload(self.model, self.attack_spec)
+
+
+def job_payload(model: ModelSpec, attack: AttackSpec) -> dict[str, Any]:
+    payload = model.payload()
+    few = _few_payload(model.split)
+    if few:  # the reduced test set
+        payload["few_anomalies"] = few
+    return {**payload, "attack": attack.name, "attack_version": attack.version, "attack_params": attack.params,
+            "norm": attack.norm, "eps": round(attack.eps, 10)}
+
+
+def check_key(jobs: Sequence[Job], checks: CheckConfig) -> str | None:
+    """Key of the sanity checks of one trained model (``jobs``: all its jobs); None when checks are off."""
+    if not checks.enabled:
+        return None
+    attacks = {job.attack: [job.attack_spec.version, job.attack_spec.params] for job in jobs}
+    eps = sorted({(job.attack, job.eps) for job in jobs})
+    return content_key({"train_key": jobs[0].train_key, "checks": config_dict(checks), "version": CHECKS_VERSION,
+                        "attacks": attacks, "eps": eps, "test_set": _few_payload(jobs[0].model.split)})
+
+
+def certificate_key(jobs: Sequence[Job], certify: CertifyConfig, certifiable: bool) -> str | None:
+    """Key of the certificates of one trained model; None when the grid does not certify this method."""
+    if certify.methods == "none" or certify.methods == "certifiable" and not certifiable:
+        return None
+    return content_key({"train_key": jobs[0].train_key, "certify": config_dict(certify),
+                        "test_set": _few_payload(jobs[0].model.split)})
+
+
+@dataclass(frozen=True)
+class StoredConfig:
+    """The parts of a stored job payload (the store's ``config`` column) that reports read."""
+
+    payload: dict[str, Any]
+
+    @classmethod
+    def parse(cls, text: str | dict[str, Any] | None) -> StoredConfig:
+        return cls(json.loads(text) if isinstance(text, str) else dict(text or {}))
+
+    @property
+    def saw_anomalies(self) -> bool:
+        """Whether the model trained on labelled anomalies."""
+        return bool(self.payload.get("anomalies_seen"))
+
+    def split(self) -> SplitSpec:
+        """The split the job was tested on."""
+        p = self.payload
+        few = p.get("few_anomalies") or {}
+        known = few.get("known_defects")
+        return SplitSpec(p["dataset"], str(p["normal_class"]), int(p["seed"]), few.get("n_anomalies", 0),
+                         tuple(known) if known else None, p.get("protocol", "one-class"), p.get("contamination"))

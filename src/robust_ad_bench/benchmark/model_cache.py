@@ -1,0 +1,66 @@
+"""Trained detectors cached by their training key, so every attack on a model reuses one training.
+
+A model is written atomically (a temporary file, then ``os.replace``), so a killed run never leaves a
+half-written file; one that cannot be loaded (corrupt, or from an older architecture) is trained again.
+Checkpoints are read with ``weights_only=True``: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from robust_ad_bench.benchmark.jobs import ModelSpec
+from robust_ad_bench.benchmark.runtime import seed_everything
+from robust_ad_bench.core.dataset import Split, TrainSet
+from robust_ad_bench.core.detector import Detector, ProgressFn
+from robust_ad_bench.core.registry import DATASETS, METHODS
+
+
+class ModelCache:
+    """The ``models/`` folder of a results folder."""
+
+    def __init__(self, folder: str | Path, device: torch.device) -> None:
+        self.folder = Path(folder)
+        self.device = device
+
+    def path(self, train_key: str) -> Path:
+        return self.folder / f"{train_key}.pt"
+
+    def get(self, model: ModelSpec, train_key: str, split: Split,
+            progress: Callable[[], ProgressFn | None] = lambda: None) -> tuple[Detector, bool]:
+        """The trained detector: from the cache, or fitted now and cached. Returns (detector, fitted)."""
+        method = METHODS.get(model.method)
+        seed_everything(train_key)  # before construction: the initial weights come from it
+        detector = method(tuple(split.train.shape[1:]), model.params).to(self.device)
+        path = self.path(train_key)
+        if path.is_file():
+            try:
+                detector.restore(torch.load(path, map_location=self.device, weights_only=True))
+                return detector, False
+            except Exception:  # a corrupt or outdated cache file: train again
+                path.unlink(missing_ok=True)
+        dataset = DATASETS.get(model.split.dataset)
+        train = TrainSet(split.train.to(self.device), default_eps=dict(dataset.default_eps))
+        if method.needs_anomalies and split.anomalies is not None:
+            train.anomalies = split.anomalies.to(self.device)
+            if split.anomaly_masks is not None:
+                train.anomaly_masks = split.anomaly_masks.to(self.device)
+        detector.progress = progress()
+        try:
+            detector.fit(train)
+        finally:
+            detector.progress = None
+        detector.eval()
+        self.save(detector, path)
+        return detector, True
+
+    @staticmethod
+    def save(detector: Detector, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(detector.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written model
