@@ -57,6 +57,7 @@ class Attack:
     Config: ClassVar[type] = AttackConfig
     black_box: ClassVar[bool] = False  # uses forward passes only
     masking_check: ClassVar[bool] = False  # the black-box attack the sanity checks run for its norm
+    hidden: ClassVar[bool] = False  # left out of ``--attacks all`` and ``list`` (test doubles)
 
     def __init__(self, config: Any = None) -> None:
         if config is None or isinstance(config, dict):
