@@ -24,7 +24,7 @@ from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector, TrainConfig
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import METHODS, register_method
-from robust_ad_bench.methods.diffusion import LinearSchedule, SmallUNet, ddpm_loss, denoise, multiscale_error
+from robust_ad_bench.methods.advrad.diffusion import LinearSchedule, SmallUNet, ddpm_loss, denoise, multiscale_error
 
 STAT_BATCH = 256  # training images per call when the mean error map is computed
 
