@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +75,6 @@ class FlowAD(Detector):
 
     Config = FlowADConfig
     version = "2"
-    supervised: ClassVar[bool] = False
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -199,7 +197,6 @@ class BGAD(FlowAD):
     Config = BGADConfig
     version = "2"
     needs_anomalies = True
-    supervised = True
 
     def anomaly_vectors(self, train: TrainSet, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Feature vectors of the anomalous cells of the known (and pasted) anomalies, per level."""

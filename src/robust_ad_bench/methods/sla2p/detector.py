@@ -22,7 +22,6 @@ the batch size: ``perturbation`` = ε_paper / 128 (1000 → 7.8125).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +105,6 @@ class SLA2P(Detector):
 
     Config = SLA2PConfig
     version = "1"
-    inner_gradient: ClassVar[bool] = True  # the score takes a gradient step itself (double backprop)
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -244,7 +242,6 @@ class SLA(SLA2P):
     """SLA: the SLA²P ablation without the adversarial perturbation (pseudo-class uncertainty only)."""
 
     Config = SLAConfig
-    inner_gradient = False
 
 
 @dataclass
@@ -257,5 +254,4 @@ class SLA2PConstantInner(SLA2P):
     """SLA²P scored the same, but attacks treat its inner gradient step as a constant (weaker attack)."""
 
     Config = SLA2PConstantInnerConfig
-    inner_gradient = False
     hidden = True  # a diagnostic of the attack on sla2p, not a separate detector
