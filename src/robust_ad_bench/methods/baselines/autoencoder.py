@@ -16,7 +16,7 @@ from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import register_method
 from robust_ad_bench.methods.common.networks import ConvDecoder, ConvEncoder
-from robust_ad_bench.methods.common.training import TrainConfig, train_on_images
+from robust_ad_bench.methods.common.training import TrainConfig, train_on_images, training_eps
 
 
 @dataclass
@@ -73,8 +73,7 @@ class AdversarialAutoEncoder(AutoEncoder):
     adversarially_trained = True
 
     def fit(self, train: TrainSet) -> None:
-        default = max(train.default_eps.get("linf", (8 / 255,)))
-        self.train_eps = self.config.train_eps if self.config.train_eps is not None else default
+        self.train_eps = training_eps(train, self.config.train_eps)
         super().fit(train)
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from robust_ad_bench.methods.common.training import (
     Stream,
     make_optimizer,
     steps_per_epoch,
+    training_eps,
     warmup_cosine_schedule,
 )
 
@@ -221,8 +222,7 @@ class ContrastiveAT(Contrastive):
     adversarially_trained = True
 
     def prepare_training(self, train: TrainSet) -> None:
-        default = max(train.default_eps.get("linf", (8 / 255,)))
-        self.train_eps = self.config.train_eps if self.config.train_eps is not None else default
+        self.train_eps = training_eps(train, self.config.train_eps)
 
     def attack(self, objective, x: torch.Tensor) -> torch.Tensor:
         """Linf PGD maximizing ``objective`` per sample, model in eval mode (frozen batch-norm statistics)."""

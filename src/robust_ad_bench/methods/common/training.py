@@ -1,5 +1,5 @@
 """Training shared by every method: ``TrainConfig``, the optimizers (Adam, LARS), the linear warm-up +
-cosine schedule, and one minibatch loop (``MinibatchTrainer``).
+cosine schedule, one minibatch loop (``MinibatchTrainer``), and the budget of adversarial training.
 
 The loop is the only place where a method's parameters are stepped. Per epoch it puts the model in
 training mode and, for each stream in turn, draws one ``torch.randperm`` of the stream's rows (on their
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector, DetectorConfig, ProgressFn
 from robust_ad_bench.core.errors import unknown_choice
 
@@ -156,6 +157,14 @@ class MinibatchTrainer:
                 if self.stop is not None and self.stop():
                     return total / rows, True
         return total / max(rows, 1), False
+
+
+def training_eps(train: TrainSet, configured: float | None) -> float:
+    """Linf budget of the attacks of adversarial training: ``configured`` when set, else the dataset's
+    largest default Linf eps (8/255 when it has none)."""
+    if configured is not None:
+        return configured
+    return max(train.default_eps.get("linf", (8 / 255,)))
 
 
 def train_on_images(detector: Detector, images: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
