@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 
 from robust_ad_bench.benchmark import leaderboard
 
@@ -71,3 +72,27 @@ def test_worst_case_column_names_the_attack_and_carries_flags():
     assert worst.startswith("0.250 ± 0.071") and "!B" in worst
     assert table.loc["a", "d pgd 8/255"].endswith("!B")
     assert leaderboard.flag_legend(table) == [f"!B: {leaderboard.FLAG_LEGEND['B']}"]
+
+
+def test_seen_anomalies_are_marked_per_dataset():
+    seen, plain = '{"anomalies_seen": {"n_anomalies": 10}}', "{}"
+    results = frame([
+        {"method": "s", "dataset": "t", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0,
+         "auroc": 0.9, "config": seen},
+        {"method": "s", "dataset": "d", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0,
+         "auroc": 0.8, "config": plain},
+        {"method": "u", "dataset": "t", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0,
+         "auroc": 0.7, "config": plain},
+        {"method": "v", "dataset": "t", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0,
+         "auroc": 0.7, "config": seen},
+    ])
+    table = leaderboard.wide(results)
+    # s saw anomalies on t only (a per-dataset few-anomaly protocol); v ran on t only
+    assert table.loc["s", "SA"] == "t" and table.loc["v", "SA"] == "t" and table.loc["u", "SA"] == ""
+    assert leaderboard._sa_for("t", "t") == "yes" and leaderboard._sa_for("t", "d") == ""
+    console = Console(record=True, width=200)
+    leaderboard.render(table, console)
+    text = console.export_text()
+    digits_table = text[text.index("on d "):text.index("on t ")]
+    assert "yes" not in digits_table and "yes" in text[text.index("on t "):]
+    assert not leaderboard.wide(frame([{**results.iloc[2].to_dict()}])).columns.isin(["SA"]).any()

@@ -72,3 +72,35 @@ def test_breast_cancer_vectors():
     assert METHODS.get("sla2p")(dataset.image_shape).feature_kind == "pixels"
     with pytest.raises(BenchError, match="unknown class of dataset 'breast-cancer' 'healthy'"):
         dataset.split("healthy", seed=0)
+
+
+def test_few_anomaly_options_per_dataset(tmp_path):
+    options = dict(methods="knn,bgad", datasets="digits,textures", attacks="clean", eps=None,
+                   classes="digits:0,textures:brick")
+    none = {j.method + j.dataset: j for j in expand_grid(tiny_grid(tmp_path, **options, n_anomalies=0))}
+    per = {j.method + j.dataset: j for j in expand_grid(tiny_grid(tmp_path, **options,
+                                                                         n_anomalies={"textures": 10}))}
+    # digits is unchanged (same keys as a grid without the protocol); textures holds 10 out for every method
+    assert per["knndigits"].key == none["knndigits"].key and per["bgaddigits"].key == none["bgaddigits"].key
+    assert per["knntextures"].model.split.n_anomalies == 10 and per["knntextures"].key != none["knntextures"].key
+    assert "anomalies_seen" in per["bgadtextures"].config and "anomalies_seen" not in per["bgaddigits"].config
+    # a plain number applies to every dataset; known defect types apply where anomalies are held out
+    flat = {j.method + j.dataset: j for j in expand_grid(tiny_grid(tmp_path, **options, n_anomalies=4))}
+    assert flat["knndigits"].model.split.n_anomalies == 4 and flat["knntextures"].model.split.n_anomalies == 4
+    known = {j.method + j.dataset: j for j in expand_grid(
+        tiny_grid(tmp_path, **options, n_anomalies={"textures": 6}, known_defects="blob"))}
+    assert known["knntextures"].model.split.known_defects == ("blob",) and known["knndigits"].model.split.known_defects is None
+    by_dataset = {j.method + j.dataset: j for j in expand_grid(tiny_grid(
+        tmp_path, **options, n_anomalies={"textures": 6, "digits": 2},
+        known_defects={"textures": ["patch"], "digits": ["digit-3"]}))}
+    assert by_dataset["knntextures"].model.split.known_defects == ("patch",)
+    assert by_dataset["knndigits"].model.split.known_defects == ("digit-3",)
+    # the default grid gives bgad its anomalies on textures only
+    default = make_grid_config(out=str(tmp_path))
+    assert default.n_anomalies == {"textures": 10}
+    with pytest.raises(BenchError, match="n_anomalies must be a non-negative integer, got -1"):
+        tiny_grid(tmp_path, **options, n_anomalies={"textures": -1})
+    with pytest.raises(BenchError, match="unknown dataset in n_anomalies 'textrues'"):
+        expand_grid(tiny_grid(tmp_path, **options, n_anomalies={"textrues": 10}))
+    with pytest.raises(BenchError, match="known_defects is set but n_anomalies is 0"):
+        tiny_grid(tmp_path, **options, n_anomalies={"textures": 0}, known_defects="blob")

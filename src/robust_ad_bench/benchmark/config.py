@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
@@ -38,9 +39,11 @@ class GridConfig:
     checks: CheckConfig = field(default_factory=CheckConfig)  # sanity checks (YAML: mapping, or false)
     certify: CertifyConfig = field(default_factory=CertifyConfig)  # randomized-smoothing certification
     # few-anomaly protocol: hold out this many labelled test anomalies per class (for every method, so all
-    # are tested on the same set); methods with ``needs_anomalies`` train on them. 0: off.
-    n_anomalies: int = 0
-    known_defects: list[str] | None = None  # draw them only from these defect types (the rest: unseen)
+    # are tested on the same set); methods with ``needs_anomalies`` train on them. 0: off. A number applies
+    # to every dataset, a mapping to the datasets it names (``{textures: 10}``: the others get none).
+    n_anomalies: int | dict[str, int] = 0
+    # draw them only from these defect types (the rest: unseen); a list, or a mapping dataset -> list
+    known_defects: list[str] | dict[str, list[str]] | None = None
     # "one-class": train on clean normal images, test on held-out normals and anomalies (the leaderboard);
     # "transductive": train and score one contaminated set (``datasets.protocols.transductive_split``)
     protocol: str = "one-class"
@@ -119,21 +122,19 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
     on top."""
     data = load_yaml(yaml_path or "default")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("methods", "datasets", "attacks", "seeds", "known_defects"):
+    for key in ("methods", "datasets", "attacks", "seeds"):
         if key in data:
             data[key] = _as_list(data[key])
+    if data.get("known_defects") is not None:
+        data["known_defects"] = _per_dataset_option(data["known_defects"], _as_list)
     try:
         data["seeds"] = [int(s) for s in data.get("seeds", [0])]
     except (TypeError, ValueError):
         raise BenchError(f"seeds must be integers, got {data.get('seeds')!r}") from None
     data["eps"] = parse_eps_spec(data.get("eps"))
-    n_anomalies = data.get("n_anomalies", 0)
-    if isinstance(n_anomalies, str) and n_anomalies.strip().isdigit():  # from the CLI
-        n_anomalies = int(n_anomalies)
-    if isinstance(n_anomalies, bool) or not isinstance(n_anomalies, int) or n_anomalies < 0:
-        raise BenchError(f"n_anomalies must be a non-negative integer, got {n_anomalies!r}")
-    data["n_anomalies"] = n_anomalies
-    if data.get("known_defects") and not data.get("n_anomalies"):
+    data["n_anomalies"] = _per_dataset_option(data.get("n_anomalies", 0), _anomaly_count)
+    counts = data["n_anomalies"].values() if isinstance(data["n_anomalies"], dict) else [data["n_anomalies"]]
+    if data.get("known_defects") and not any(counts):
         raise BenchError("known_defects is set but n_anomalies is 0; give n_anomalies too")
     if isinstance(data.get("classes"), str):
         data["classes"] = _as_list(data["classes"])
@@ -145,6 +146,31 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
     data["checks"] = _section(data.get("checks"), CheckConfig, "checks", off={"enabled": False})
     data["certify"] = _section(data.get("certify"), CertifyConfig, "certify", off={"methods": "none"})
     return GridConfig(**data)
+
+
+def _anomaly_count(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():  # from the CLI
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BenchError(f"n_anomalies must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _per_dataset_option(value: Any, parse: Callable[[Any], Any]) -> Any:
+    """``parse(value)``, or for a mapping dataset -> value, the mapping of parsed values."""
+    if isinstance(value, dict):
+        return {str(ds): parse(v) for ds, v in value.items()}
+    return parse(value)
+
+
+def _for_dataset(value: Any, cfg: GridConfig, dataset: str, name: str) -> Any:
+    """A per-dataset grid option's value for ``dataset`` (None when a mapping does not name it)."""
+    if not isinstance(value, dict):
+        return value
+    for ds in value:
+        if ds not in cfg.datasets and ds not in DATASETS:
+            raise unknown_choice(f"dataset in {name}", ds, DATASETS.names())
+    return value.get(dataset)
 
 
 def _section(value: Any, config_cls: type, name: str, off: dict[str, Any]) -> Any:
@@ -210,22 +236,23 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                                                f"method '{m}'")) for m in methods}
     attack_cfgs = {a: config_dict(build_config(ATTACKS.get(a).Config, cfg.attack_params.get(a),
                                                f"attack '{a}'")) for a in attacks}
-    known = tuple(sorted({str(d) for d in cfg.known_defects})) if cfg.known_defects else None
     jobs: list[Job] = []
     for ds_name in datasets:
         dataset = DATASETS.get(ds_name)()
-        if cfg.n_anomalies and known and dataset.defect_kinds:
+        n_anomalies = _for_dataset(cfg.n_anomalies, cfg, ds_name, "n_anomalies") or 0
+        known_list = _for_dataset(cfg.known_defects, cfg, ds_name, "known_defects")
+        known = tuple(sorted({str(d) for d in known_list})) if known_list and n_anomalies else None
+        if known and dataset.defect_kinds:
             for kind in known:
                 if kind not in dataset.defect_kinds:
                     raise unknown_choice(f"known defect type of dataset '{ds_name}'", kind, dataset.defect_kinds)
         for cls in _classes_for(cfg, dataset):
             for seed in cfg.seeds:
-                split = SplitSpec(ds_name, cls, seed, cfg.n_anomalies, known if cfg.n_anomalies else None,
-                                  protocol, contamination)
+                split = SplitSpec(ds_name, cls, seed, n_anomalies, known, protocol, contamination)
                 for m in methods:
                     method = METHODS.get(m)
                     model = ModelSpec(m, method.version, method_cfgs[m], dataset.version, split,
-                                      trains_on_anomalies=bool(cfg.n_anomalies and method.needs_anomalies))
+                                      trains_on_anomalies=bool(n_anomalies and method.needs_anomalies))
                     for a in attacks:
                         attack = ATTACKS.get(a)
                         norm = attack.norm

@@ -129,17 +129,34 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
     table.insert(0, "AT", ["yes" if at.get(m, False) else "" for m in table.index])
     seen = saw_anomalies(results)
     if seen.any():  # only grids run with the few-anomaly protocol get the column
-        table.insert(1, "SA", ["yes" if seen.get(m, False) else "" for m in table.index])
+        datasets = set(results["dataset"])
+        table.insert(1, "SA", [_sa_cell(seen, m, datasets) for m in table.index])
     table["failed"] = [int(failed.get(m, 0)) for m in table.index]
     table.index.name = "method"
     return table
 
 
 def saw_anomalies(results: pd.DataFrame) -> pd.Series:
-    """Per method: whether it trained on labelled anomalies (the ``anomalies_seen`` entry of its config)."""
+    """Per (method, dataset): whether it trained on labelled anomalies (the ``anomalies_seen`` entry of its
+    config)."""
     if "config" not in results or results.empty:
         return pd.Series(dtype=bool)
-    return results["config"].map(lambda c: StoredConfig.parse(c).saw_anomalies).groupby(results["method"]).any()
+    seen = results["config"].map(lambda c: StoredConfig.parse(c).saw_anomalies)
+    return seen.groupby([results["method"], results["dataset"]]).any()
+
+
+def _sa_cell(seen: pd.Series, method: str, datasets: set[str]) -> str:
+    """"yes" when the method saw anomalies on every dataset of the results, the datasets where it did when
+    only on some (the few-anomaly protocol can be per dataset), else ""."""
+    if method not in seen.index.get_level_values(0):
+        return ""
+    on = {str(d) for d, flag in seen.loc[method].items() if flag}
+    return "yes" if on and on >= {str(d) for d in datasets} else ",".join(sorted(on))
+
+
+def _sa_for(cell: str, dataset: str) -> str:
+    """The SA flag of one dataset's table."""
+    return "yes" if cell == "yes" or dataset in cell.split(",") else ""
 
 
 def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None:
@@ -160,7 +177,8 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
         out.add_column("failed", justify="right")
         for method, row in table.iterrows():
             failed = f"[red]{row['failed']}[/red]" if row["failed"] else ""
-            out.add_row(str(method), *(row[f] for f in flags), *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
+            marks = [_sa_for(row[f], dataset) if f == "SA" else row[f] for f in flags]
+            out.add_row(str(method), *marks, *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
         console.print(out)
     seen = "SA: saw a few labelled test anomalies in training (held out of every method's test set). " \
         if "SA" in flags else ""
