@@ -16,9 +16,15 @@ from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies
 from robust_ad_bench.datasets.protocols import SplitSpec, make_split
-from robust_ad_bench.methods.bgad.augment import paste_defects
+from robust_ad_bench.methods.bgad.augment import copy_paste, rand_augment
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
-from robust_ad_bench.methods.bgad.losses import semi_push_pull
+from robust_ad_bench.methods.bgad.losses import (
+    abnormal_focal_weights,
+    likelihood_loss,
+    normal_boundary,
+    normal_focal_weights,
+    semi_push_pull,
+)
 
 FEW = {"n_anomalies": 6, "known_defects": ("blob", "scratch")}
 
@@ -63,13 +69,16 @@ def test_positional_encoding_distinguishes_positions():
         positional_encoding(6, 2, 2)
 
 
-def test_boundary_is_the_quantile_and_the_loss_is_semi_push_pull():
+def test_boundary_is_the_order_statistic_and_the_loss_is_semi_push_pull():
     torch.manual_seed(0)
     l_normal = (torch.randn(1000) * 5).requires_grad_(True)
     l_anom = (torch.randn(50) * 5).requires_grad_(True)
     beta, tau, norm = 0.05, 0.1, 10.0
     pull, push, b_n = semi_push_pull(l_normal, l_anom, beta, tau, norm)
-    assert b_n.item() == pytest.approx(torch.quantile(l_normal.detach() / norm, beta).item())
+    # the authors' get_logp_boundary: the normal value of rank int(n * beta) in ascending order
+    assert b_n.item() == pytest.approx(torch.sort(l_normal.detach())[0][50].item() / norm)
+    assert normal_boundary(torch.tensor([3.0, 1.0, 2.0]), 0.0, 1.0).item() == 1.0
+    assert normal_boundary(torch.tensor([3.0, 1.0, 2.0]), 0.99, 1.0).item() == 3.0
     g_n, g_a = torch.autograd.grad(pull + push, [l_normal, l_anom])
     below = l_normal.detach() / norm <= b_n
     above = l_anom.detach() / norm >= b_n - tau
@@ -78,9 +87,34 @@ def test_boundary_is_the_quantile_and_the_loss_is_semi_push_pull():
     assert (g_n[below] < 0).all() and (g_n[~below] == 0).all()
     assert (g_a[above] > 0).all() and (g_a[~above] == 0).all()
     assert 0 < below.sum() < len(below) and 0 < above.sum() < len(above)
-    # nothing to pull or push: anomalies far below the margin, normals... at least the quantile is on it
+    # nothing to pull or push: anomalies far below the margin, normals... at least the order statistic is on it
     _, push_far, _ = semi_push_pull(l_normal, torch.full((5,), -1e3), beta, tau, norm)
     assert push_far.item() == 0
+
+
+def test_focal_weights_are_the_authors_and_weight_every_term():
+    u = torch.tensor([-5.0, -1.0, -0.5, -0.2, -0.1, 0.5])  # l / normalizer
+    l_values = 10 * u
+    expected_n = [11.7 * (1 - math.exp(v)) ** 0.5 * abs(v) if v <= -0.2 else 1.0 for v in u.tolist()]
+    expected_a = [1.0 if v <= -1 else 0.53 * (1 + math.exp(v)) ** 2 / abs(v) for v in u.tolist()]
+    torch.testing.assert_close(normal_focal_weights(l_values, 10.0), torch.tensor(expected_n))
+    torch.testing.assert_close(abnormal_focal_weights(l_values, 10.0), torch.tensor(expected_a))
+    # nearly continuous at the cuts (the authors' constants), detached, and hard cases weigh more
+    assert normal_focal_weights(torch.tensor([-2.0001]), 10.0).item() == pytest.approx(1.0, abs=0.01)
+    assert abnormal_focal_weights(torch.tensor([-9.999]), 10.0).item() == pytest.approx(1.0, abs=0.02)
+    assert not normal_focal_weights(l_values.requires_grad_(True), 10.0).requires_grad
+    # the likelihood term and both boundary terms are weighted
+    l_normal = torch.tensor([1.0, -3.0, -30.0, 0.5])
+    l_anom = torch.tensor([-0.5, -50.0, 2.0])
+    w_n, w_a = normal_focal_weights(l_normal, 10.0), abnormal_focal_weights(l_anom, 10.0)
+    expected = (-torch.nn.functional.logsigmoid(l_normal) * w_n).mean()
+    torch.testing.assert_close(likelihood_loss(l_normal, 10.0, focal=True), expected)
+    assert likelihood_loss(l_normal, 10.0) < likelihood_loss(l_normal, 10.0, focal=True)
+    pull, push, b_n = semi_push_pull(l_normal, l_anom, 0.3, 0.1, 10.0, focal=True)
+    assert b_n.item() == pytest.approx(-0.3)  # rank int(4 * 0.3) = 1 of [-30, -3, 0.5, 1]
+    below, above = l_normal / 10 <= b_n, l_anom / 10 >= b_n - 0.1
+    torch.testing.assert_close(pull, ((b_n - l_normal / 10) * w_n)[below].mean())
+    torch.testing.assert_close(push, ((l_anom / 10 - (b_n - 0.1)) * w_a)[above].mean())
 
 
 def test_known_anomalies_are_kept_out_of_the_test_set_for_every_method(tmp_path):
@@ -107,7 +141,7 @@ def test_known_anomalies_are_kept_out_of_the_test_set_for_every_method(tmp_path)
 def test_grid_keys_and_runner_hand_anomalies_only_to_supervised_methods(tmp_path):
     options = dict(methods="knn,bgad", datasets="textures", classes="grass", attacks="clean", eps=None,
                    method_params={"bgad": TINY_FLOW})
-    plain = expand_grid(tiny_grid(tmp_path, **options))
+    plain = expand_grid(tiny_grid(tmp_path, **options, n_anomalies=0))  # the default grid holds some out
     few = expand_grid(tiny_grid(tmp_path, **options, n_anomalies=6, known_defects="scratch,blob"))
     by = {j.method: j for j in few}
     assert {j.key for j in plain}.isdisjoint(j.key for j in few)  # the test set differs for every method
@@ -138,36 +172,84 @@ def test_defect_aurocs_split_seen_and_unseen():
     assert out == {"a": 1.0, "b": 0.5, "seen": 1.0, "unseen": 0.5}
 
 
-def test_pasted_defects_keep_their_shape_and_the_normal_background():
+def test_copy_paste_pastes_an_augmented_defect_onto_a_normal_image():
     split = make_split(SplitSpec("textures", "brick", 0, **FEW))
     g = torch.Generator().manual_seed(0)
-    images, masks = paste_defects(split.anomalies, split.anomaly_masks, split.train, 40, g)
-    assert images.shape == (40, 1, 32, 32) and masks.shape == (40, 32, 32)
-    sizes = set(split.anomaly_masks.flatten(1).sum(1).tolist())
-    assert set(masks.flatten(1).sum(1).tolist()) <= sizes  # flips, turns and shifts keep the whole defect
+    anomalies, masks = split.anomalies.repeat(5, 1, 1, 1), split.anomaly_masks.repeat(5, 1, 1)
+    images, pasted_masks = copy_paste(anomalies, masks, split.train, g)
+    assert images.shape == (30, 1, 32, 32) and pasted_masks.shape == (30, 32, 32)
+    assert pasted_masks.dtype == torch.bool and pasted_masks.flatten(1).any(1).float().mean() > 0.8
     # outside the mask every pixel is one of the normal training images
-    outside = torch.where(masks[:, None], 0.0, images)
-    matches = [(torch.where(masks[i], 0.0, split.train[:, 0]) == outside[i, 0]).flatten(1).all(1).any()
-               for i in range(40)]
+    outside = torch.where(pasted_masks[:, None], 0.0, images)
+    matches = [(torch.where(pasted_masks[i], 0.0, split.train[:, 0]) == outside[i, 0]).flatten(1).all(1).any()
+               for i in range(30)]
     assert all(matches)
+    again, _ = copy_paste(anomalies, masks, split.train, torch.Generator().manual_seed(0))
+    assert torch.equal(again, images)  # deterministic given the generator
+
+
+def test_rand_augment_draws_three_ops_and_moves_masks_with_images():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(200, 1, 16, 16)
+    masks = torch.zeros(200, 16, 16, dtype=torch.bool)
+    masks[:, 2:6, 3:9] = True
+    out, out_masks = rand_augment(images, masks, g)
+    assert out.shape == images.shape and out_masks.shape == masks.shape and out.min() >= 0 and out.max() <= 1
+    assert (out_masks != masks).flatten(1).any(1).float().mean() > 0.3  # geometric ops move the defects
+    # 3 ops drawn per image, each fires with its probability: about 1 image in 5 comes through unchanged
+    assert 0.6 < (out != images).flatten(1).any(1).float().mean() < 0.95
+    rect, _ = rand_augment(images[:4, :, :16, :12], masks[:4, :16, :12], g)  # non-square images work
+    assert rect.shape == (4, 1, 16, 12)
+
+
+def test_bgad_labels_cells_like_the_authors_and_refreshes_pastes_every_epoch():
+    split = make_split(SplitSpec("textures", "grass", 0, **FEW))
+    torch.manual_seed(0)
+    model = METHODS.get("bgad")((1, 32, 32), {**TINY_FLOW, "epochs": 3})
+    train = TrainSet(split.train, split.anomalies, split.anomaly_masks)
+    seen = {}
+    original = model.step_loss
+
+    def spy(level, x, cond, labels, epoch):
+        seen.setdefault((level, epoch), []).append(labels)
+        return original(level, x, cond, labels, epoch=epoch)
+    model.step_loss = spy
+    model.fit(train)
+    n_img, n_known = len(split.train), len(split.anomalies)
+    for level, cells in enumerate((16 * 16, 8 * 8, 4 * 4)):
+        first = torch.cat(seen[(level, 0)])
+        later = torch.cat(seen[(level, 1)])
+        assert len(first) == n_img * cells and first.sum() == 0  # the first epoch: normal images only
+        assert len(later) == (n_img + 10 * n_known) * cells  # + 5 real and 5 pasted copies of each anomaly
+        # normal cells of anomalous images count as normal: far fewer anomalous cells than anomalous images' cells
+        assert 0 < later.sum() < 10 * n_known * cells / 2
+    # the anomalous cells of an image are where its nearest-neighbour downsampled mask is set
+    cells = model.labelled_cells(split.anomalies, split.anomaly_masks)
+    nearest = split.anomaly_masks[:, ::2, ::2]  # 32 -> 16 by nearest neighbour: every other pixel
+    assert torch.equal(cells[0][2].view(n_known, 16, 16).bool(), nearest)
 
 
 def test_bgad_trains_on_known_anomalies_and_scores_differentiably():
     split = make_split(SplitSpec("textures", "grass", 0, **FEW))
     torch.manual_seed(0)
-    model = METHODS.get("bgad")((1, 32, 32), {**TINY_FLOW, "n_pasted": 8})
+    model = METHODS.get("bgad")((1, 32, 32), TINY_FLOW)
     model.fit(TrainSet(split.train, split.anomalies, split.anomaly_masks))
     x = split.test[:4].clone().requires_grad_(True)
     maps = model.anomaly_map(x)
     assert maps.shape == (4, 32, 32) and torch.isfinite(maps).all()
     (grad,) = torch.autograd.grad(model.score(x).sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with pytest.raises(BenchError, match="real_repeats and pasted_repeats"):
+        METHODS.get("bgad")((1, 32, 32), {"real_repeats": 0, "pasted_repeats": 0})
+    with pytest.warns(UserWarning, match="bgad got no known anomalies"):
+        torch.manual_seed(0)
+        METHODS.get("bgad")((1, 32, 32), TINY_FLOW).fit(TrainSet(split.train))
 
 
 def test_bgad_and_its_ablation_share_the_pretext_backbone():
     split = make_split(SplitSpec("textures", "grass", 0, **FEW))
     models = []
-    for name, seed, extra in (("bgad", 1, {"n_pasted": 8}), ("bgad-unsup", 2, {})):  # seeded apart, as in runs
+    for name, seed, extra in (("bgad", 1, {"pasted_repeats": 1}), ("bgad-unsup", 2, {})):  # seeded apart, as in runs
         torch.manual_seed(seed)
         model = METHODS.get(name)((1, 32, 32), {**TINY_FLOW, **extra})
         model.fit(TrainSet(split.train, split.anomalies, split.anomaly_masks))
@@ -202,4 +284,5 @@ def test_paper_config_parses_and_its_parameters_are_valid():
     for name, params in data["method_params"].items():
         config = build_config(METHODS.get(name).Config, params, name)
         assert config.backbone == "efficientnet_b6" and config.image_size == 256
-    assert build_config(METHODS.get("bgad").Config, data["method_params"]["bgad"], "bgad").beta == 0.01
+    bgad = build_config(METHODS.get("bgad").Config, data["method_params"]["bgad"], "bgad")
+    assert bgad.beta == 0.01 and bgad.focal_weighting and (bgad.real_repeats, bgad.pasted_repeats) == (5, 5)

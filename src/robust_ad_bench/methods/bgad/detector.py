@@ -2,16 +2,21 @@
 the semi-push-pull loss on a few known anomalies; ``bgad-unsup`` is the same flow without anomalies.
 
 Per feature level, every spatial feature vector is one flow sample, conditioned on a 2-D positional
-encoding. ``l`` = log p / C (C = feature size). Normal-only loss: −log σ(l). With anomalies, the normal
-boundary ``b_n`` is the β-quantile of the batch's normal ``l / normalizer`` (the anomalies never move
-it), ``b_a = b_n − τ``, and the loss adds mean(b_n − l) over normals below b_n (pull) and
-mean(l − b_a) over anomalous vectors above b_a (push).
+encoding. ``l`` = log p / C (C = feature size). ``bgad-unsup``: −log σ(l) on normal vectors. ``bgad``, as the
+authors' ``train_meta_epoch``: the first ``normal_only_epochs`` on the normal images alone, then every epoch
+on the normal images plus each known anomaly ``real_repeats`` times as it is and ``pasted_repeats`` times
+copy-pasted onto a normal image after 3 random augmentation ops (fresh every epoch, ``augment.py``). A cell
+of an anomalous image is anomalous where its mask (nearest-neighbour downsampled) is set, normal elsewhere.
+Per batch of cells: the (focal-weighted) likelihood term on the normal cells, plus, when the batch holds
+anomalous cells, the pull/push terms around the boundary b_n (the β order statistic of the batch's normal
+l / normalizer) and b_a = b_n − τ (``losses.py``).
 Score: per level exp(l − max training l), upsampled and summed; map = levels − sum; image score = max.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,11 +25,10 @@ from torch import nn
 
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector, DetectorConfig
-from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_method
-from robust_ad_bench.methods.bgad.augment import paste_defects
+from robust_ad_bench.methods.bgad.augment import copy_paste
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
-from robust_ad_bench.methods.bgad.losses import semi_push_pull
+from robust_ad_bench.methods.bgad.losses import likelihood_loss, semi_push_pull
 from robust_ad_bench.methods.common.backbones import PretextFeatures, TorchvisionFeatures
 from robust_ad_bench.methods.common.training import (
     MinibatchTrainer,
@@ -59,15 +63,21 @@ class FlowADConfig(DetectorConfig):
 
 @dataclass
 class BGADConfig(FlowADConfig):
-    beta: float = 0.01  # quantile of the normal log-likelihoods that sets the boundary
+    beta: float = 0.01  # rank (fraction) of the normal log-likelihoods that sets the boundary (paper command)
     tau: float = 0.1  # margin between the normal and the anomaly boundary
     normalizer: float = 10.0  # l / normalizer in the boundary maths
-    boundary_weight: float = 1.0  # weight of the semi-push-pull terms
-    focal_gamma: float = 0.0  # > 0: focal weighting of the terms
+    boundary_weight: float = 1.0  # weight of the semi-push-pull terms (the authors' bgspp_lambda)
+    focal_weighting: bool = True  # the authors' asymmetric focal weights (their paper command sets it)
     normal_only_epochs: int = 1
-    n_pasted: int = 200  # synthetic anomalies from defect cut-and-paste (0: off)
-    anomaly_fraction: float = 0.25  # anomalous vectors per step, as a fraction of batch_size
-    mask_threshold: float = 0.25  # a feature cell is anomalous when this fraction of its pixels is
+    real_repeats: int = 5  # each known anomaly this many times per epoch as it is (the authors' reuse_times)
+    pasted_repeats: int = 5  # and this many times copy-pasted after random augmentation (repeat_num - reuse)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if self.real_repeats < 0 or self.pasted_repeats < 0 or self.real_repeats + self.pasted_repeats < 1:
+            raise ValueError(f"real_repeats and pasted_repeats must be >= 0 with a sum >= 1, got "
+                             f"{self.real_repeats} and {self.pasted_repeats}")
 
 
 def _flatten(features: torch.Tensor) -> torch.Tensor:
@@ -144,27 +154,31 @@ class FlowAD(Detector):
             getattr(self, f"feat_mean{i}").copy_(f.mean((0, 2, 3), keepdim=True))
             getattr(self, f"feat_std{i}").copy_(f.std((0, 2, 3), keepdim=True).clamp_min(1e-4))
         normal = [self.level_vectors(i, f) for i, f in enumerate(raw)]
-        anomalous = self.anomaly_vectors(train, images)
         trainer = MinibatchTrainer(self, c.epochs, c.batch_size, report=self.report)
-        trainer.run(*(self.level_stream(level, vectors, cond, anomalous[level], trainer)
-                      for level, (vectors, cond) in enumerate(normal)))
+        trainer.run(*self.streams(train, images, normal, trainer))
         with torch.no_grad():  # the per-level maximum of the training log-likelihoods anchors the score
             maps = [torch.cat(parts) for parts in zip(*(self.log_likelihood_maps(b) for b in images.split(256)))]
             self.level_max.copy_(torch.stack([m.max() for m in maps]))
 
-    def level_stream(self, level: int, vectors: torch.Tensor, cond: torch.Tensor,
-                     anomalous: tuple[torch.Tensor, torch.Tensor], trainer: MinibatchTrainer) -> Stream:
+    def streams(self, train: TrainSet, images: torch.Tensor, normal: list[tuple[torch.Tensor, torch.Tensor]],
+                trainer: MinibatchTrainer) -> list[Stream]:
+        """One training stream per level: the level's normal feature vectors and their conditions."""
+        c = self.config
+        return [self.level_stream(level, data, trainer, c.epochs * steps_per_epoch(len(data[0]), c.batch_size))
+                for level, data in enumerate(normal)]
+
+    def level_stream(self, level: int, data: tuple[torch.Tensor, ...], trainer: MinibatchTrainer, total: int,
+                     refresh: Callable[[int], tuple[torch.Tensor, ...]] | None = None) -> Stream:
         """The training stream of one level's flow: its own Adam, linear warm-up over ``warmup_fraction``
-        of its steps, then cosine decay to zero."""
+        of its ``total`` steps, then cosine decay to zero."""
         c = self.config
         optimizer = make_optimizer(self.flows[level].parameters(), c.lr)
-        total = c.epochs * steps_per_epoch(len(vectors), c.batch_size)
         schedule = warmup_cosine_schedule(optimizer, total, warmup=max(1, round(c.warmup_fraction * total)))
 
-        def loss(x: torch.Tensor, x_cond: torch.Tensor) -> torch.Tensor:
-            return self.step_loss(level, x, x_cond, anomalous, trainer.epoch)
+        def loss(*batch: torch.Tensor) -> torch.Tensor:
+            return self.step_loss(level, *batch, epoch=trainer.epoch)
 
-        return Stream((vectors, cond), loss, optimizer, schedule)
+        return Stream(data, loss, optimizer, schedule, refresh)
 
     def train(self, mode: bool = True) -> FlowAD:
         super().train(mode)
@@ -177,13 +191,7 @@ class FlowAD(Detector):
         n, _, h, w = feat.shape
         return _flatten(feat), self.condition(level, n, h, w)
 
-    def anomaly_vectors(self, train: TrainSet, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """No anomalies for the unsupervised flow."""
-        empty = torch.zeros(0, device=self.device)
-        return [(empty, empty) for _ in self.flows]
-
-    def step_loss(self, level: int, x: torch.Tensor, cond: torch.Tensor,
-                  anomalous: tuple[torch.Tensor, torch.Tensor], epoch: int) -> torch.Tensor:
+    def step_loss(self, level: int, x: torch.Tensor, cond: torch.Tensor, epoch: int) -> torch.Tensor:
         """Maximum likelihood on normal vectors: mean −log σ(l)."""
         l_normal = self.flows[level].log_prob(x, cond) / x.shape[1]
         return -F.logsigmoid(l_normal).mean()
@@ -194,47 +202,79 @@ class BGAD(FlowAD):
     """BGAD (Yao et al., 2023): flows + explicit boundary + semi-push-pull loss on a few known anomalies."""
 
     Config = BGADConfig
-    version = "2"
+    version = "3"
     needs_anomalies = True
 
-    def anomaly_vectors(self, train: TrainSet, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Feature vectors of the anomalous cells of the known (and pasted) anomalies, per level."""
+    def streams(self, train: TrainSet, images: torch.Tensor, normal: list[tuple[torch.Tensor, torch.Tensor]],
+                trainer: MinibatchTrainer) -> list[Stream]:
+        """Per level, a stream of labelled cells (vector, condition, 0 normal / 1 anomalous) rebuilt every epoch:
+        the normal images' cells, and after ``normal_only_epochs`` those of the anomalous images of the epoch."""
         c = self.config
+        labelled = [(v, cond, torch.zeros(len(v), device=self.device)) for v, cond in normal]
         if train.anomalies is None or len(train.anomalies) == 0:
-            warnings.warn("bgad got no known anomalies: trained on normal data only (as bgad-unsup)",
-                          stacklevel=2)
-            return super().anomaly_vectors(train, images)
+            warnings.warn("bgad got no known anomalies: trained on normal data only (the few-anomaly protocol is "
+                          "off for this dataset; set n_anomalies)", stacklevel=2)
+            return [self.level_stream(level, data, trainer, c.epochs * steps_per_epoch(len(data[0]), c.batch_size))
+                    for level, data in enumerate(labelled)]
         anomalies = train.anomalies.to(self.device)
         masks = train.anomaly_masks
         if masks is None:  # no pixel labels: the whole image counts as anomalous
             masks = torch.ones(len(anomalies), *anomalies.shape[2:], dtype=torch.bool)
-        masks = masks.to(self.device)
-        if c.n_pasted > 0:
-            g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
-            pasted, pasted_masks = paste_defects(anomalies, masks, images, c.n_pasted, g)
-            anomalies, masks = torch.cat([anomalies, pasted]), torch.cat([masks, pasted_masks])
+        masks = masks.to(self.device).bool()
+        real = self.labelled_cells(anomalies.repeat(c.real_repeats, 1, 1, 1), masks.repeat(c.real_repeats, 1, 1))
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        pasted_for: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+
+        def epoch_cells(epoch: int) -> list[tuple[torch.Tensor, ...]]:
+            """The anomalous images' cells of ``epoch`` per level: the real ones and fresh pastes (made once
+            per epoch, when the first level asks)."""
+            if epoch not in pasted_for:
+                pasted_for.clear()
+                n = c.pasted_repeats
+                pasted = copy_paste(anomalies.repeat(n, 1, 1, 1), masks.repeat(n, 1, 1), images, generator)
+                pasted_for[epoch] = self.labelled_cells(*pasted)
+            return [tuple(torch.cat(parts) for parts in zip(*levels)) for levels in zip(real, pasted_for[epoch])]
+
+        def refresher(level: int):
+            def refresh(epoch: int) -> tuple[torch.Tensor, ...]:
+                if epoch < c.normal_only_epochs:
+                    return labelled[level]
+                return tuple(torch.cat(parts) for parts in zip(labelled[level], epoch_cells(epoch)[level]))
+            return refresh
+
+        streams = []
+        for level, data in enumerate(labelled):
+            rows = len(data[0]) + len(anomalies) * (c.real_repeats + c.pasted_repeats) * len(data[0]) // len(images)
+            normal_epochs = min(c.normal_only_epochs, c.epochs)
+            total = (normal_epochs * steps_per_epoch(len(data[0]), c.batch_size)
+                     + (c.epochs - normal_epochs) * steps_per_epoch(rows, c.batch_size))
+            streams.append(self.level_stream(level, data, trainer, total, refresh=refresher(level)))
+        return streams
+
+    def labelled_cells(self, images: torch.Tensor, masks: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per level: the feature vectors of every cell of ``images``, their conditions, and their labels (1
+        where the nearest-neighbour downsampled mask is set, as the authors' ``F.interpolate(mode='nearest')``)."""
         with torch.no_grad():
-            raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in anomalies.split(256)))]
+            raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in images.split(256)))]
         out = []
         for level, f in enumerate(raw):
-            cell = F.adaptive_avg_pool2d(masks.unsqueeze(1).float(), f.shape[-2:])
-            keep = _flatten(cell).squeeze(1) >= c.mask_threshold
+            labels = F.interpolate(masks[:, None].float(), size=f.shape[-2:], mode="nearest")
             vectors, cond = self.level_vectors(level, f)
-            out.append((vectors[keep], cond[keep]))
-        if sum(len(v) for v, _ in out) == 0:
-            raise BenchError(f"no feature cell of the known anomalies reaches mask_threshold {c.mask_threshold}")
+            out.append((vectors, cond, _flatten(labels).squeeze(1)))
         return out
 
-    def step_loss(self, level: int, x: torch.Tensor, cond: torch.Tensor,
-                  anomalous: tuple[torch.Tensor, torch.Tensor], epoch: int) -> torch.Tensor:
+    def step_loss(self, level: int, x: torch.Tensor, cond: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]
+                  epoch: int) -> torch.Tensor:
+        """The authors' per-batch loss: on the normal-only epochs −log σ(l) on normals; later the (focal)
+        likelihood term on the normal cells, plus λ·(pull + push) when the batch holds anomalous cells."""
         c = self.config
-        vectors, a_cond = anomalous
-        if epoch < c.normal_only_epochs or len(vectors) == 0:
-            return super().step_loss(level, x, cond, anomalous, epoch)
-        k = max(1, round(c.batch_size * c.anomaly_fraction))
-        pick = torch.randint(len(vectors), (min(k, len(vectors)),), device=self.device)
-        logp = self.flows[level].log_prob(torch.cat([x, vectors[pick]]), torch.cat([cond, a_cond[pick]]))
-        l_all = logp / x.shape[1]
-        l_normal, l_anomalous = l_all[: len(x)], l_all[len(x):]
-        pull, push, _ = semi_push_pull(l_normal, l_anomalous, c.beta, c.tau, c.normalizer, c.focal_gamma)
-        return -F.logsigmoid(l_normal).mean() + c.boundary_weight * (pull + push)
+        l_all = self.flows[level].log_prob(x, cond) / x.shape[1]
+        anomalous = labels > 0.5
+        l_normal, l_anomalous = l_all[~anomalous], l_all[anomalous]
+        if epoch < c.normal_only_epochs:
+            return likelihood_loss(l_normal, c.normalizer)
+        loss = likelihood_loss(l_normal, c.normalizer, focal=c.focal_weighting)
+        if len(l_anomalous) == 0 or len(l_normal) == 0:
+            return loss
+        pull, push, _ = semi_push_pull(l_normal, l_anomalous, c.beta, c.tau, c.normalizer, c.focal_weighting)
+        return loss + c.boundary_weight * (pull + push)

@@ -91,12 +91,15 @@ def steps_per_epoch(rows: int, batch_size: int) -> int:
 @dataclass
 class Stream:
     """One stream of minibatches: the rows of the ``data`` tensors, shuffled together every epoch, the
-    loss of a batch (called with the batch's rows of each tensor), and what steps on that loss."""
+    loss of a batch (called with the batch's rows of each tensor), and what steps on that loss.
+    ``refresh(epoch)``, when given, returns the epoch's data instead (BGAD: fresh synthetic anomalies every
+    epoch); it is called at the start of each epoch, before the stream's shuffle."""
 
     data: tuple[torch.Tensor, ...]
     loss: Callable[..., torch.Tensor]
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped after every optimizer step
+    refresh: Callable[[int], tuple[torch.Tensor, ...]] | None = None
 
 
 class MinibatchTrainer:
@@ -143,11 +146,12 @@ class MinibatchTrainer:
         """One epoch over every stream in turn: (mean loss over its rows, whether ``stop`` ended it)."""
         total, rows = 0.0, 0
         for stream in streams:
-            order = torch.randperm(len(stream.data[0]), device=stream.data[0].device)
+            data = stream.data if stream.refresh is None else stream.refresh(self.epoch)
+            order = torch.randperm(len(data[0]), device=data[0].device)
             for idx in order.split(self.batch_size):
                 if len(idx) < self.min_batch:
                     continue
-                loss = stream.loss(*(d[idx] for d in stream.data))
+                loss = stream.loss(*(d[idx] for d in data))
                 stream.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stream.optimizer.step()
