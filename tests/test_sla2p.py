@@ -62,6 +62,27 @@ def test_early_stop_on_running_accuracy():
     assert quick.train_accuracy > 0.3 and quick.train_steps < slow.train_steps
 
 
+def test_step_is_relative_to_the_norm_of_the_projected_features():
+    normals, _ = toy_vectors()
+    for d in (8, 32):
+        detector = fitted(train=normals, projection_dim=d, perturbation=7.8125)
+        with torch.no_grad():
+            norms = detector.project(detector.features(normals)).norm(dim=2)
+        # unit features times Gaussian matrices: norm about sqrt(d); the authors' is sqrt(256) = 16
+        assert detector.projected_norm.item() == pytest.approx(norms.mean().item(), rel=1e-5)
+        assert detector.projected_norm.item() == pytest.approx(d ** 0.5, rel=0.2)
+        assert detector.step_size.item() == pytest.approx(7.8125 * norms.mean().item() / 16, rel=1e-5)
+    # at the authors' d = 256 the step is their ε / 128
+    paper = fitted(train=normals, projection_dim=256, n_projections=4, perturbation=7.8125)
+    assert paper.step_size.item() == pytest.approx(7.8125, rel=0.1)
+
+
+def test_sla_stops_at_the_authors_threshold():
+    assert METHODS.get("sla").Config().accuracy_threshold == 0.8  # sla.py
+    assert METHODS.get("sla2p").Config().accuracy_threshold == 0.6  # sla2p.py and the README commands
+    assert METHODS.get("sla").Config().perturbation == 0.0
+
+
 def test_perturbation_lowers_the_predicted_class_probability():
     normals, outliers = toy_vectors()
     detector = fitted(train=normals, perturbation=1.0)

@@ -16,7 +16,11 @@ attack, kept to show the difference). ``sla`` is the ablation without the pertur
 
 ε: the authors step on the gradient of a *batch mean* of cross-entropies (batch 128, ε = 1000 on
 CIFAR-10), i.e. ε/128 per feature. Ours uses the per-feature gradient (a sum), so it does not depend on
-the batch size: ``perturbation`` = ε_paper / 128 (1000 → 7.8125).
+the batch size: ``perturbation`` = ε_paper / 128 (1000 → 7.8125). The authors' projected features have
+norm √256 = 16 (unit features, Gaussian 2048×256 matrices); the norm grows with √d, so the same raw step
+is relatively larger at a smaller d. Ours is scaled by the mean norm of the training projected features
+over 16: ε_eff = ``perturbation`` · mean‖z‖ / 16, which is the paper's step at K = d = 256 and keeps the
+step relative to the features' size at any d.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from robust_ad_bench.methods.common.training import MinibatchTrainer, Stream, ma
 
 FEATURES = ("auto", "pixels", "autoencoder", *BACKBONES)
 PAPER_BATCH = 128  # batch over which the authors' scoring loss is averaged
+PAPER_NORM = 16.0  # norm of the authors' projected features: unit features times Gaussian D×256 matrices (√256)
 MAX_ROWS = 32768  # projected features per scoring chunk (bounds memory of the no-grad path)
 
 
@@ -53,12 +58,13 @@ class SLA2PConfig(DetectorConfig):
     n_projections: int = 256  # K pseudo-classes (paper: 256)
     projection_dim: int = 64  # d (paper: 256, projecting 2048-d ResNet-50 features)
     projection_seed: int = 0  # of the Gaussian projections (stored with the model as well)
-    accuracy_threshold: float = 0.6  # stop training when the running training accuracy passes it (paper)
+    accuracy_threshold: float = 0.6  # stop training when the running training accuracy passes it (authors)
     max_epochs: int = 20  # cap when the threshold is never passed
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    perturbation: float = 1000 / PAPER_BATCH  # ε per projected feature; 0 disables the perturbation (SLA)
+    # ε per projected feature at the authors' feature norm (scaled by mean‖z‖ / 16); 0: no perturbation (SLA)
+    perturbation: float = 1000 / PAPER_BATCH
     attack_through_inner_step: bool = True  # differentiate through the inner step (double backprop)
     encoder_epochs: int = 30  # "autoencoder" features: training of the encoder on the normal data
     encoder_width: int = 8
@@ -126,7 +132,7 @@ class SLA2P(Detector):
     """SLA²P: random-projection pseudo-classes, scored after a one-step adversarial feature perturbation."""
 
     Config = SLA2PConfig
-    version = "1"
+    version = "2"
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -149,6 +155,7 @@ class SLA2P(Detector):
         self.register_buffer("projections", projections)
         self.classifier = PseudoClassifier(c.projection_dim, c.n_projections)
         self.register_buffer("train_accuracy", torch.zeros(()))  # running accuracy when training stopped
+        self.register_buffer("projected_norm", torch.full((), PAPER_NORM))  # mean ‖z‖ of the training features
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
     # -- features and projections ----------------------------------------------------------------------
@@ -180,7 +187,12 @@ class SLA2P(Detector):
             # sum, not mean: each row's gradient is its own, whatever the batch size
             loss = F.cross_entropy(logits, labels, reduction="sum")
             (grad,) = torch.autograd.grad(loss, inner, create_graph=through)
-        return z + self.config.perturbation * grad
+        return z + self.step_size * grad
+
+    @property
+    def step_size(self) -> torch.Tensor:
+        """ε_eff = ``perturbation`` · mean‖z_train‖ / 16: the authors' step, relative to the features' norm."""
+        return self.config.perturbation * self.projected_norm / PAPER_NORM
 
     def _score_rows(self, z: torch.Tensor) -> torch.Tensor:
         n, k, d = z.shape
@@ -227,6 +239,7 @@ class SLA2P(Detector):
         c = self.config
         k = c.n_projections
         rows = self.project(feats).reshape(-1, c.projection_dim)
+        self.projected_norm.fill_(float(rows.norm(dim=1).mean()))
         labels = torch.arange(k, device=rows.device).repeat(len(feats))
         optimizer = make_optimizer(self.classifier.parameters(), c.lr, c.weight_decay, eps=1e-7)
         accuracy = RunningAccuracy()
@@ -248,6 +261,7 @@ class SLA2P(Detector):
 @dataclass
 class SLAConfig(SLA2PConfig):
     perturbation: float = 0.0
+    accuracy_threshold: float = 0.8  # the authors' sla.py (sla2p.py: 0.6)
 
 
 @register_method("sla")
