@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.methods.advrad.diffusion import LinearSchedule, SmallUNet, denoise, multiscale_error
+from robust_ad_bench.methods.advrad.selection import CANDIDATES, choose_noise_step, transmission
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +55,58 @@ class OracleNoise(nn.Module):
         return (x - a.sqrt() * self.x0) / (1 - a).sqrt()
 
 
-@pytest.mark.parametrize("steps", [1, 5])
-def test_denoising_with_an_oracle_is_exact(steps):
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+@pytest.mark.parametrize("steps", [1, 5, 300])
+def test_denoising_with_an_oracle_is_exact(steps, sampler):
     torch.manual_seed(0)
     schedule = LinearSchedule()
     x0 = torch.rand(6, 1, 8, 8, dtype=torch.float64) * 2 - 1
     schedule.double()
-    out = denoise(OracleNoise(x0, schedule), schedule, x0, k=300, steps=steps)
+    out = denoise(OracleNoise(x0, schedule), schedule, x0, k=300, steps=steps, sampler=sampler)
     torch.testing.assert_close(out, x0)
     # a wrong predictor does not reconstruct: the check can fail
-    wrong = denoise(lambda x, t: torch.zeros_like(x), schedule, x0, k=300, steps=steps)
+    wrong = denoise(lambda x, t: torch.zeros_like(x), schedule, x0, k=300, steps=steps, sampler=sampler)
     assert (wrong - x0).abs().max() > 0.1
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        denoise(OracleNoise(x0, schedule), schedule, x0, k=300, steps=steps, sampler="euler")
+
+
+class CountingPredictor(nn.Module):
+    """Predicts zero noise and records the steps it is called at and the inputs it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, t):
+        self.calls.append((int(t[0]), x.clone()))
+        return torch.zeros_like(x)
+
+
+def test_ancestral_steps_draw_from_the_forward_posterior():
+    schedule = LinearSchedule().double()
+    x0 = torch.zeros(4000, 1, 1, 1, dtype=torch.float64)
+    unet = CountingPredictor()
+    torch.manual_seed(0)
+    denoise(unet, schedule, x0, k=100, steps=4, eps=torch.zeros_like(x0), sampler="ancestral")
+    assert [t for t, _ in unet.calls] == [100, 75, 50, 25]  # strided DiffPure chain: t* to 0 in 4 jumps
+    # zero noise in and a zero-noise predictor: x0_hat = x_t / sqrt(a_t) = 0, so x_75 is the posterior's noise
+    # alone, with variance (1 - a_t/a_s)(1 - a_s)/(1 - a_t)
+    a_t, a_s = schedule.alpha_bar[100], schedule.alpha_bar[75]
+    expected = ((1 - a_t / a_s) * (1 - a_s) / (1 - a_t)).sqrt().item()
+    assert unet.calls[1][1].std().item() == pytest.approx(expected, rel=0.05)
+    unet.calls.clear()
+    denoise(unet, schedule, x0, k=100, steps=4, eps=torch.zeros_like(x0), sampler="ddim")
+    assert unet.calls[1][1].abs().max() == 0  # DDIM jumps add no noise
+
+
+def test_one_ancestral_step_is_the_one_shot_estimate():
+    schedule = LinearSchedule()
+    unet = SmallUNet(1, 8, width=4, levels=2)
+    nn.init.normal_(unet.out[-1].weight, std=0.3)
+    x0, eps = torch.rand(3, 1, 8, 8) * 2 - 1, torch.randn(3, 1, 8, 8)
+    one_shot = denoise(unet, schedule, x0, 50, 1, eps, "ddim")
+    torch.testing.assert_close(denoise(unet, schedule, x0, 50, 1, eps, "ancestral"), one_shot)
 
 
 def test_multiscale_error_is_zero_for_a_perfect_reconstruction_and_local():
@@ -81,6 +125,48 @@ def test_unet_keeps_the_shape_and_rejects_bad_sizes():
         METHODS.get("advrad")((1, 8, 8), {"levels": 5})
     with pytest.raises(BenchError, match="noise_step"):
         METHODS.get("advrad")((1, 8, 8), {"noise_step": 2000})
+    with pytest.raises(BenchError, match="unknown method 'advrad' sampler 'euler'"):
+        METHODS.get("advrad")((1, 8, 8), {"sampler": "euler"})
+    with pytest.raises(BenchError, match="needs noise_step >= 1"):
+        METHODS.get("diffpure-ae")((1, 8, 8), {"noise_step": 0})
+    with pytest.raises(BenchError, match="validation_fraction must be in"):
+        METHODS.get("advrad")((1, 8, 8), {"validation_fraction": 1.0})
+
+
+def test_transmission_measures_how_much_of_a_perturbation_the_reconstruction_keeps():
+    images = torch.rand(6, 1, 8, 8) * 0.5 + 0.25
+    g = torch.Generator().manual_seed(0)
+    identity = transmission(lambda x, k, noise: x, images, 10, 0.1, g)
+    constant = transmission(lambda x, k, noise: 0 * x + noise, images, 10, 0.1, g)
+    halved = transmission(lambda x, k, noise: 0.5 * x + noise, images, 10, 0.1, g)
+    assert identity == pytest.approx(1.0) and constant == 0.0 and halved == pytest.approx(0.5, abs=1e-5)
+
+    def top_row(x, k, noise):  # passes one row of eight: the share of a ±eps delta is 1/sqrt(8)
+        return torch.where(torch.arange(8).view(1, 1, 8, 1) == 0, x, 0 * x)
+    assert transmission(top_row, images, 10, 0.1, g) == pytest.approx(1 / 8 ** 0.5, rel=1e-3)
+
+
+def test_noise_step_is_the_candidate_with_the_least_transmission():
+    images = torch.rand(4, 1, 8, 8)
+    share = {10: 0.9, 20: 0.4, 50: 0.3, 100: 0.3, 200: 0.8, 500: 0.9}
+
+    def shrink(x, k, noise):  # keeps share[k] of any change to its input
+        return share[k] * x
+    k, tried = choose_noise_step(shrink, images, 0.05, 1000, torch.Generator().manual_seed(0))
+    assert k == 50 and list(tried) == list(CANDIDATES)  # ties go to the smaller k
+    assert choose_noise_step(shrink, images, 0.05, 20, torch.Generator().manual_seed(0))[0] == 20
+
+
+def test_advrad_chooses_k_on_held_out_normals_and_keeps_it(digits):
+    detector = fitted("advrad", digits, noise_step=0)
+    assert int(detector.k) in CANDIDATES
+    again = fitted("advrad", digits, noise_step=0)
+    assert int(again.k) == int(detector.k)  # deterministic given the seed
+    restored = METHODS.get("advrad")((1, 8, 8), {**TINY_METHOD_PARAMS["advrad"], "noise_step": 0})
+    restored.restore(detector.state_dict())
+    assert int(restored.k) == int(detector.k)
+    with pytest.raises(BenchError, match="leaves none of the 2"):
+        fitted("advrad", SimpleNamespace(train=digits.train[:2]), noise_step=0, validation_fraction=0.1)
 
 
 def test_advrad_score_shape_sign_and_map(digits):
@@ -126,6 +212,7 @@ def test_score_gradient_goes_through_the_unet():
 
 def test_diffpure_scores_the_purified_image(digits):
     detector = fitted("diffpure-ae", digits)
+    assert detector.config.sampler == "ancestral" and detector.config.denoise_steps > 1  # DiffPure's reverse
     x = digits.test[:8]
     torch.manual_seed(5)
     whole = detector.score(x)

@@ -4,8 +4,9 @@
   ``beta_end`` over steps t = 1..T, with ``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` (``alpha_bar_0 = 1``).
 - ``SmallUNet``: an epsilon-prediction UNet sized to the image (a few resolution levels, GroupNorm so that
   every sample is independent of the others in its batch: EOT repeats images inside one batch).
-- ``denoise``: noise an image to step k and come back in ``steps`` deterministic (DDIM, eta = 0) jumps;
-  one jump is the one-shot estimate ``x0 = (x_k - sqrt(1 - alpha_bar_k) eps) / sqrt(alpha_bar_k)``.
+- ``denoise``: noise an image to step k and come back in ``steps`` jumps, deterministic (DDIM, eta = 0) or
+  ancestral (DDPM posterior draws, DiffPure's reverse process); one jump is the one-shot estimate
+  ``x0 = (x_k - sqrt(1 - alpha_bar_k) eps) / sqrt(alpha_bar_k)``.
 - ``multiscale_error``: AdvRAD's reconstruction-error map at scales 1, 1/2, 1/4, 1/8, mean-filtered.
 
 The DDPM works on images scaled to [-1, 1] (its data range); callers pass images in [0, 1].
@@ -18,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+SAMPLERS = ("ddim", "ancestral")
 
 
 class LinearSchedule(nn.Module):
@@ -121,12 +124,22 @@ def ddpm_loss(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, max_s
 
 
 def denoise(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, k: int, steps: int = 1,
-            eps: torch.Tensor | None = None) -> torch.Tensor:
-    """Noise ``x0`` (in [-1, 1]) to step ``k`` with ``eps`` (fresh if None), then reconstruct it in
-    ``steps`` DDIM jumps k = t_0 > t_1 > ... > t_steps = 0; each estimate of x0 is clipped to [-1, 1].
-    Differentiable with respect to ``x0``."""
+            eps: torch.Tensor | None = None, sampler: str = "ddim") -> torch.Tensor:
+    """Noise ``x0`` (in [-1, 1]) to step ``k`` with ``eps`` (fresh if None), then come back to step 0 in
+    ``steps`` jumps k = t_0 > t_1 > ... > t_steps = 0 (evenly spaced); each estimate of x0 is clipped to
+    [-1, 1]. ``sampler``:
+
+    - "ddim": deterministic DDIM jumps (eta = 0); one jump is the one-shot estimate
+      ``x0 = (x_k - sqrt(1 - alpha_bar_k) eps_theta) / sqrt(alpha_bar_k)``.
+    - "ancestral": DDPM ancestral sampling, a draw from the posterior q(x_s | x_t, x0_hat) at every jump
+      (fresh noise); with steps = k it is DiffPure's reverse process (``p_sample`` with clipped x0 at every
+      step from t* down to 0), with fewer steps the same posterior over strided steps (DDIM with eta = 1).
+
+    Differentiable with respect to ``x0`` (the noise draws are constants)."""
     if not 1 <= k <= schedule.steps or not 1 <= steps <= k:
         raise ValueError(f"need 1 <= steps ({steps}) <= k ({k}) <= T ({schedule.steps})")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     eps = torch.randn_like(x0) if eps is None else eps
     k_t = torch.full((len(x0),), k, device=x0.device, dtype=torch.long)
     x = schedule.noise(x0, k_t, eps)
@@ -136,7 +149,12 @@ def denoise(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, k: int,
         a_t, a_s = schedule.alpha_bar[t], schedule.alpha_bar[s]
         predicted = unet(x, torch.full((len(x0),), t, device=x0.device, dtype=torch.long))
         estimate = ((x - (1 - a_t).sqrt() * predicted) / a_t.sqrt()).clamp(-1, 1)
-        x = a_s.sqrt() * estimate + (1 - a_s).sqrt() * predicted  # s = 0: x = estimate
+        if sampler == "ddim":
+            x = a_s.sqrt() * estimate + (1 - a_s).sqrt() * predicted  # s = 0: x = estimate
+        elif s > 0:  # the posterior q(x_s | x_t, x0) of the forward process between steps s < t
+            a_ts = a_t / a_s
+            mean = (a_s.sqrt() * (1 - a_ts) * estimate + a_ts.sqrt() * (1 - a_s) * x) / (1 - a_t)
+            x = mean + ((1 - a_ts) * (1 - a_s) / (1 - a_t)).sqrt() * torch.randn_like(x)
     return estimate
 
 
