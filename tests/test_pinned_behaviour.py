@@ -68,3 +68,32 @@ def test_keys_and_scores_are_unchanged(tmp_path, name, one_thread):
             _, scores = store.scores(job.key)
             np.testing.assert_allclose(scores[:6], row["scores"], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{job.method} {job.attack}")
+
+
+def regenerate(path: Path = Path(__file__).parent / "data" / "pinned_behaviour.json") -> None:
+    """Rewrite the pins from the same grids (run from the repository root: ``PYTHONPATH=src:tests python
+    tests/test_pinned_behaviour.py``), after bumping the version of what changed."""
+    import tempfile
+
+    torch.set_num_threads(1)
+    pins = {}
+    for name in GRIDS:
+        with tempfile.TemporaryDirectory() as out:
+            torch.manual_seed(0)  # as the suite's autouse fixture
+            runner = Runner(pinned_grid(out, name))
+            groups = [list(g) for _, g in itertools.groupby(runner.jobs, key=lambda j: j.train_key)]
+            models = {g[0].method: {"check_key": check_key(g, runner.cfg.checks),
+                                    "cert_key": certificate_key(g, runner.cfg.certify,
+                                                                METHODS.get(g[0].method).certifiable)}
+                      for g in groups}
+            summary = runner.run()
+            assert not summary.failed, summary.failed
+            with Store(out) as store:
+                jobs = [{"method": j.method, "attack": j.attack, "eps": j.eps, "key": j.key, "train_key": j.train_key,
+                         "scores": [float(s) for s in store.scores(j.key)[1][:6]]} for j in runner.jobs]
+        pins[name] = {"jobs": jobs, "models": models}
+    path.write_text(json.dumps(pins, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    regenerate()
