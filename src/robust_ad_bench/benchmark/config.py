@@ -11,6 +11,7 @@ import yaml
 
 from robust_ad_bench.benchmark.certification import CertifyConfig
 from robust_ad_bench.benchmark.checks import CheckConfig
+from robust_ad_bench.benchmark.execution import ExecutionConfig
 from robust_ad_bench.benchmark.jobs import AttackSpec, Job, ModelSpec
 from robust_ad_bench.core.attack import NORMS, check_eps
 from robust_ad_bench.core.errors import BenchError, unknown_choice
@@ -45,6 +46,7 @@ class GridConfig:
     # "transductive": train and score one contaminated set (``datasets.protocols.transductive_split``)
     protocol: str = "one-class"
     contamination: float = 0.1  # transductive only: anomalies per normal image
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # how it runs (executor, timeouts)
 
 
 def parse_eps(value: Any) -> float:
@@ -114,11 +116,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConfig:
+def make_grid_config(yaml_path: str | None = None, execution: dict[str, Any] | None = None,
+                     **overrides: Any) -> GridConfig:
     """YAML options (the packaged ``default`` grid when no file is given), then CLI flags (those not None)
-    on top."""
+    on top; ``execution`` flags are merged into the YAML's ``execution`` section."""
     data = load_yaml(yaml_path or "default")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if execution:
+        section = data.get("execution")
+        data["execution"] = {**(section if isinstance(section, dict) else {}),
+                             **{k: v for k, v in execution.items() if v is not None}}
     for key in ("methods", "datasets", "attacks", "seeds", "known_defects"):
         if key in data:
             data[key] = _as_list(data[key])
@@ -144,6 +151,7 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
             raise BenchError(f"{key} must be a mapping of name -> parameters")
     data["checks"] = _section(data.get("checks"), CheckConfig, "checks", off={"enabled": False})
     data["certify"] = _section(data.get("certify"), CertifyConfig, "certify", off={"methods": "none"})
+    data["execution"] = _section(data.get("execution"), ExecutionConfig, "execution", off={})
     return GridConfig(**data)
 
 

@@ -124,11 +124,11 @@ CERTIFIED_COLUMNS = tuple(f.name for f in fields(CertifiedRow))
 class Store:
     """The SQLite store of one results folder."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, timeout: float = 30.0) -> None:
         self.folder = Path(folder)
         self.path = self.folder / STORE_FILE
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn = sqlite3.connect(self.path, timeout=timeout)  # busy timeout: waits for other writers
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -138,8 +138,14 @@ class Store:
             if version == 1:  # a store written before attack_detail existed
                 self.conn.execute("ALTER TABLE results ADD COLUMN attack_detail TEXT")
             self.conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise BenchError(f"the results store {self.path} is locked by another process (waited {timeout:g} "
+                                 "s); nothing was changed: try again when it is done") from exc
             raise BenchError(f"cannot open the results store {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: never overwritten
+            raise BenchError(f"cannot open the results store {self.path}: {exc}; the file was left as it is "
+                             "(move it away to start a new store)") from exc
 
     def close(self) -> None:
         self.conn.close()
