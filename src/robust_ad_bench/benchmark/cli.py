@@ -1,4 +1,4 @@
-"""Command line: ``robust-ad-bench run | list | leaderboard | audit | defects | export | plot``."""
+"""Command line: ``robust-ad-bench run | list | leaderboard | audit | defects | export | plot | report``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from rich.table import Table
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.config import make_grid_config
+from robust_ad_bench.benchmark.execution import EXECUTORS
 from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.runner import Hooks, Runner
-from robust_ad_bench.benchmark.runtime import ensure_writable
+from robust_ad_bench.benchmark.runtime import GracefulStop, ensure_writable
 from robust_ad_bench.benchmark.store import STORE_FILE, Store, open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
@@ -55,6 +56,12 @@ class RichHooks(Hooks):
 
         return update
 
+    def waiting(self, holder: str) -> None:
+        self.progress.update(self.grid, description=f"grid: waiting for another run ({holder})")
+
+    def store_busy(self, error: str) -> None:
+        self.progress.console.print(f"[yellow]the results store is busy ({error}); trying again[/yellow]")
+
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     cfg = make_grid_config(
@@ -62,6 +69,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
         checks=False if args.no_checks else None,
         n_anomalies=args.n_anomalies, known_defects=args.known_defects,
+        execution={"executor": args.executor, "workers": args.workers, "threads": args.threads,
+                   "ray_address": args.ray_address, "job_timeout": args.job_timeout, "retries": args.retries},
     )
     runner = Runner(cfg)  # validates every name and parameter before anything runs
     if args.dry_run:
@@ -75,10 +84,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         runner.hooks = RichHooks(progress)
-        summary = runner.run()
+        with GracefulStop(lambda: console.print("[yellow]stopping after the jobs in flight "
+                                                "(Ctrl-C again to stop at once)[/yellow]")) as stop:
+            summary = runner.run(stop)
+    other = f", {summary.by_other} finished by another run" if summary.by_other else ""
     console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
-                  f"store, {len(summary.failed)} failed; {summary.trained} models trained, "
+                  f"store{other}, {len(summary.failed)} failed; {summary.trained} models trained, "
                   f"{summary.checked} checked, {summary.certified} certified")
+    if summary.interrupted:
+        console.print(f"stopped: {summary.left} job(s) left; run the same command again to resume "
+                      "(finished jobs are in the store)")
+        return 130
     with Store(cfg.out) as store:
         results, checks = store.results(), store.checks()
     methods = {j.method for j in runner.jobs}
@@ -192,6 +208,31 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _number(kind: type, minimum: float = 0, strict: bool = True) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above ``minimum`` (or at it, when not ``strict``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value < minimum or strict and value == minimum:
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from robust_ad_bench.benchmark.report import build_report
+
+    ensure_writable(args.out)
+    with open_existing(args.out) as store:
+        path = build_report(store, args.out)
+    console.print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
@@ -218,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the grid and what is left to compute")
     run.add_argument("--no-checks", action="store_true",
                      help="skip the sanity checks of the attacks (they are on by default)")
+    run.add_argument("--executor", help=f"{', '.join(EXECUTORS)}: this process (default), worker processes "
+                                        "on this machine, or Ray (the [ray] extra)")
+    run.add_argument("--workers", type=_number(int), help="local: worker processes (default: one per core); "
+                                                            "ray: CPUs of the local cluster")
+    run.add_argument("--threads", type=_number(int), help="torch threads per worker (default: the cores "
+                                                            "split between the workers)")
+    run.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
+    run.add_argument("--job-timeout", type=_number(float), metavar="SECONDS",
+                     help="stop a training, job, checks or certification running longer, record it failed "
+                          "and go on (serial: runs the steps in one child process)")
+    run.add_argument("--retries", type=_number(int, 0, strict=False),
+                     help="run a step again this many times when its worker process died (default: 1)")
 
     lst = sub.add_parser("list", parents=[common], help="list registered methods, attacks or datasets")
     lst.add_argument("kind", nargs="?", help="methods, attacks or datasets (default: all three)")
@@ -231,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", default="results", help="results folder (default: results)")
     plot = sub.add_parser("plot", parents=[common], help="write PNG plots: AUROC against eps, score histograms")
     plot.add_argument("--out", default="results", help="results folder (default: results)")
+    rep = sub.add_parser("report", parents=[common], help="write OUT/report.html: sortable leaderboards, check "
+                                                          "flags and plots in one file that needs no server")
+    rep.add_argument("--out", default="results", help="results folder (default: results)")
     dfx = sub.add_parser("defects", parents=[common],
                          help="AUROC per defect type and on seen vs unseen types (few-anomaly grids)")
     dfx.add_argument("--out", default="results", help="results folder (default: results)")
@@ -242,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "export": cmd_export,
-            "plot": cmd_plot, "audit": cmd_audit, "defects": cmd_defects}
+            "plot": cmd_plot, "audit": cmd_audit, "defects": cmd_defects, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_plugin_file(path)
         return COMMANDS[args.command](args, console)
     except BenchError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)  # one line, never wrapped
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: finished jobs are in the store; run again to resume")
