@@ -24,6 +24,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: results that must match bit for bit across processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_grid(out, **overrides):
     """A small grid on two digit classes with tiny training budgets."""
     options = dict(methods="knn,ae", datasets="digits", attacks="clean,pgd", eps="32/255",

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.config import make_grid_config
@@ -39,14 +38,6 @@ def assert_same_results(a, b):
     assert sa == sb  # every test score, bit for bit
     pd.testing.assert_frame_equal(ca, cb, check_exact=True)
     pd.testing.assert_frame_equal(za, zb, check_exact=True)
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def equality_grid(out):

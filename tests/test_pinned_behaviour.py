@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.jobs import certificate_key, check_key
@@ -30,14 +29,6 @@ GRIDS = {
                 known_defects=["digit-1", "digit-2"]),
     "transductive": dict(methods="knn", attacks="clean", classes="5", protocol="transductive", contamination=0.1),
 }
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def pinned_grid(out, name):

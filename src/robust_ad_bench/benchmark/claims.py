@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from robust_ad_bench.benchmark.store import is_locked, locked_error
+
 CLAIMS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
     key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, started TEXT,
@@ -59,7 +61,13 @@ class Claims:
         self.started = process_start(self.pid)
         self.held: set[str] = set()
         self.conn = self._connect()
-        self.conn.execute(CLAIMS_SCHEMA)
+        try:
+            self.conn.execute(CLAIMS_SCHEMA)
+        except sqlite3.OperationalError as exc:
+            self.conn.close()
+            if is_locked(exc):
+                raise locked_error(self.path, busy_timeout) from exc
+            raise
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_loop, name="claims-renewer", daemon=True)
         self._renewer.start()
@@ -67,6 +75,7 @@ class Claims:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, as the store's own writes
         return conn
 
     def _live(self, row: tuple, now: float) -> bool:
@@ -119,11 +128,13 @@ class Claims:
             conn.close()
 
     def close(self) -> None:
-        """Release every claim of this run."""
+        """Release every claim of this run (if the store is locked now, they are free anyway once this
+        process has ended)."""
         self._stop.set()
         self._renewer.join()
         try:
-            self.conn.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
         finally:
             self.held.clear()
             self.conn.close()

@@ -121,6 +121,16 @@ CHECK_COLUMNS = tuple(f.name for f in fields(CheckRow))
 CERTIFIED_COLUMNS = tuple(f.name for f in fields(CertifiedRow))
 
 
+def is_locked(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds the lock (past the busy timeout)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def locked_error(path: Path, timeout: float) -> BenchError:
+    return BenchError(f"the results store {path} is locked by another process (waited {timeout:g} s); "
+                      "nothing was changed: try again when it is done")
+
+
 class Store:
     """The SQLite store of one results folder."""
 
@@ -139,9 +149,8 @@ class Store:
                 self.conn.execute("ALTER TABLE results ADD COLUMN attack_detail TEXT")
             self.conn.executescript(_SCHEMA)
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise BenchError(f"the results store {self.path} is locked by another process (waited {timeout:g} "
-                                 "s); nothing was changed: try again when it is done") from exc
+            if is_locked(exc):
+                raise locked_error(self.path, timeout) from exc
             raise BenchError(f"cannot open the results store {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: never overwritten
             raise BenchError(f"cannot open the results store {self.path}: {exc}; the file was left as it is "
