@@ -26,7 +26,7 @@ import torch
 
 from robust_ad_bench.benchmark.execution import ExecutionConfig, cpu_count
 from robust_ad_bench.benchmark.scheduler import Outcome, ProgressFactory, StepScheduler
-from robust_ad_bench.benchmark.steps import forget_models, run_step
+from robust_ad_bench.benchmark.steps import forget_models, release_free_memory, run_step
 from robust_ad_bench.benchmark.tasks import (  # noqa: F401  (re-exported: the events of an executor)
     CertifiedDone,
     ChecksDone,
@@ -73,6 +73,7 @@ class InlineBackend:
         done = []
         for handle, (step, progress) in list(self.queued.items()):
             event, _ = run_step(step, progress=partial(progress, step.task.first) if progress else (lambda: None))
+            release_free_memory()
             del self.queued[handle]
             done.append((handle, Outcome(event)))
         if not done:

@@ -22,7 +22,7 @@ from typing import Any
 from robust_ad_bench.benchmark.execution import ExecutionConfig, cpu_count
 from robust_ad_bench.benchmark.model_cache import ModelCache
 from robust_ad_bench.benchmark.scheduler import Outcome, ProgressFactory, StepScheduler
-from robust_ad_bench.benchmark.steps import prepare_worker, run_step
+from robust_ad_bench.benchmark.steps import prepare_worker, release_free_memory, run_step
 from robust_ad_bench.benchmark.tasks import Step, Trained
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import loaded_plugin_files
@@ -43,13 +43,19 @@ def ray_train(step: Step, cached: Any, threads: int, plugins: list[str]) -> tupl
     """A Ray task: the model of ``step`` from its cached state (if it loads) or trained now; returns the
     event and the state dict to ship to the model's other tasks."""
     prepare_worker(threads, plugins)
-    return run_step(step, state=cached, ship=True)
+    try:
+        return run_step(step, state=cached, ship=True)
+    finally:
+        release_free_memory()
 
 
 def ray_step(step: Step, state: Any, threads: int, plugins: list[str]) -> Any:
     """A Ray task: one job, the checks or the certificates of a model whose state dict is ``state``."""
     prepare_worker(threads, plugins)
-    return run_step(step, state=state)[0]
+    try:
+        return run_step(step, state=state)[0]
+    finally:
+        release_free_memory()
 
 
 @dataclasses.dataclass

@@ -30,7 +30,7 @@ def die_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> None:
     fd, threads, plugins = int(argv[0]), int(argv[1]), argv[2:]
     die_with_parent(int(os.environ.get("ROBUST_AD_BENCH_DRIVER_PID", os.getppid())))
-    from robust_ad_bench.benchmark.steps import prepare_worker, run_step  # torch: after the fast checks
+    from robust_ad_bench.benchmark.steps import prepare_worker, release_free_memory, run_step  # torch: late
     from robust_ad_bench.core.registry import REGISTRIES
 
     conn = Connection(fd)
@@ -45,7 +45,9 @@ def main(argv: list[str]) -> None:
             return
         if step is None:
             return
-        conn.send(run_step(step)[0])
+        event = run_step(step)[0]
+        release_free_memory()
+        conn.send(event)
 
 
 if __name__ == "__main__":
