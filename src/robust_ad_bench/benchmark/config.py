@@ -45,6 +45,9 @@ class GridConfig:
     # "transductive": train and score one contaminated set (``datasets.protocols.transductive_split``)
     protocol: str = "one-class"
     contamination: float = 0.1  # transductive only: anomalies per normal image
+    # stochastic detectors: each evaluated score (grid figures and sanity checks alike) is the mean of this
+    # many draws, so that the checks measure the attack, not the scoring noise
+    eval_samples: int = 8
 
 
 def parse_eps(value: Any) -> float:
@@ -133,6 +136,9 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
     if isinstance(n_anomalies, bool) or not isinstance(n_anomalies, int) or n_anomalies < 0:
         raise BenchError(f"n_anomalies must be a non-negative integer, got {n_anomalies!r}")
     data["n_anomalies"] = n_anomalies
+    eval_samples = data.get("eval_samples", 8)
+    if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 1:
+        raise BenchError(f"eval_samples must be an integer >= 1, got {eval_samples!r}")
     if data.get("known_defects") and not data.get("n_anomalies"):
         raise BenchError("known_defects is set but n_anomalies is 0; give n_anomalies too")
     if isinstance(data.get("classes"), str):
@@ -226,6 +232,7 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                     method = METHODS.get(m)
                     model = ModelSpec(m, method.version, method_cfgs[m], dataset.version, split,
                                       trains_on_anomalies=bool(cfg.n_anomalies and method.needs_anomalies))
+                    draws = cfg.eval_samples if method.stochastic else 1
                     for a in attacks:
                         attack = ATTACKS.get(a)
                         norm = attack.norm
@@ -233,5 +240,5 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                             (cfg.eps or {}).get(norm) or list(dataset.default_eps[norm]))
                         for eps in eps_list:
                             jobs.append(Job.build(model, AttackSpec(a, attack.version, attack_cfgs[a], norm,
-                                                                    float(eps))))
+                                                                    float(eps)), draws))
     return jobs

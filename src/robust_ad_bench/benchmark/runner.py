@@ -24,8 +24,9 @@ from robust_ad_bench.benchmark.executors import (
     SerialExecutor,
     StepFailed,
     Trained,
+    WorstDone,
 )
-from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key
+from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
 from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
 from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.core.registry import METHODS
@@ -37,6 +38,7 @@ class RunSummary:
     skipped: int = 0  # already in the store
     computed: int = 0
     trained: int = 0  # models fitted (not loaded from the cache)
+    worst: int = 0  # per-image worst cases computed
     checked: int = 0  # models whose sanity checks ran
     certified: int = 0  # models certified by randomized smoothing
     failed: list[tuple[Job, str]] = field(default_factory=list)
@@ -73,13 +75,20 @@ class Runner:
             jobs = list(group)
             checks = check_key(jobs, self.cfg.checks)
             certs = certificate_key(jobs, self.cfg.certify, METHODS.get(jobs[0].method).certifiable)
+            worst = [w for w in worst_case_groups(jobs) if w.key not in auroc]
+            known_scores = {}
+            for key in {j.key for w in worst for j in w.jobs if j.key in auroc}:
+                stored = store.scores(key)
+                if stored is not None:
+                    known_scores[key] = stored[1]
             task = ModelTask(
                 jobs=jobs, pending=[job for job in jobs if job.key not in auroc],
                 known={job.key: auroc[job.key] for job in jobs if job.key in auroc},
                 check_key=checks if checks and not store.has_checks(checks) else None,
                 cert_key=certs if certs and not store.has_certified(certs) else None,
-                checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device))
-            if task.pending or task.check_key or task.cert_key:
+                checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device),
+                worst=worst, scores=known_scores, adversarial=self.out / "adversarial")
+            if task.pending or task.check_key or task.cert_key or task.worst:
                 tasks.append(task)
         return tasks
 
@@ -109,6 +118,14 @@ class Runner:
             if event.traceback:
                 self.log_failure(event.job, event.traceback)
             self.hooks.job_done(event.job, ok)
+        elif isinstance(event, WorstDone):
+            store.put(event.result)
+            if event.result.status == "ok":
+                summary.worst += 1
+            else:
+                summary.failed.append((event.job, f"worst case: {event.result.error}"))
+            if event.traceback:
+                self.log_failure(event.job, event.traceback)
         elif isinstance(event, ChecksDone):
             store.put_checks(event.rows)
             summary.checked += 1
