@@ -31,4 +31,5 @@ def tiny_grid(out, **overrides):
     options.update(overrides)
     cfg = make_grid_config(**options)
     cfg.method_params = {**TINY_METHOD_PARAMS, **cfg.method_params}
+    cfg.checks.square_queries = 200  # the default (1000) is tested on its own in test_checks.py
     return cfg
