@@ -23,9 +23,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
+
+import torch
 
 from robust_ad_bench.attacks.gradient import PGD, pgd
 from robust_ad_bench.core.detector import Detector

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_ad_bench.methods.common.surrogates import straight_through_clamp
+
 
 class LinearSchedule(nn.Module):
     """Linear beta schedule; ``alpha_bar[t]`` for t = 0..T (index 0 is the clean image)."""
@@ -121,10 +123,11 @@ def ddpm_loss(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, max_s
 
 
 def denoise(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, k: int, steps: int = 1,
-            eps: torch.Tensor | None = None) -> torch.Tensor:
+            eps: torch.Tensor | None = None, straight_through: bool = False) -> torch.Tensor:
     """Noise ``x0`` (in [-1, 1]) to step ``k`` with ``eps`` (fresh if None), then reconstruct it in
     ``steps`` DDIM jumps k = t_0 > t_1 > ... > t_steps = 0; each estimate of x0 is clipped to [-1, 1].
-    Differentiable with respect to ``x0``."""
+    Differentiable with respect to ``x0``; ``straight_through``: the clip passes gradients unchanged (for
+    the attacks' surrogates; same values)."""
     if not 1 <= k <= schedule.steps or not 1 <= steps <= k:
         raise ValueError(f"need 1 <= steps ({steps}) <= k ({k}) <= T ({schedule.steps})")
     eps = torch.randn_like(x0) if eps is None else eps
@@ -135,7 +138,8 @@ def denoise(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, k: int,
     for t, s in zip(times[:-1], times[1:]):
         a_t, a_s = schedule.alpha_bar[t], schedule.alpha_bar[s]
         predicted = unet(x, torch.full((len(x0),), t, device=x0.device, dtype=torch.long))
-        estimate = ((x - (1 - a_t).sqrt() * predicted) / a_t.sqrt()).clamp(-1, 1)
+        estimate = (x - (1 - a_t).sqrt() * predicted) / a_t.sqrt()
+        estimate = straight_through_clamp(estimate, -1, 1) if straight_through else estimate.clamp(-1, 1)
         x = a_s.sqrt() * estimate + (1 - a_s).sqrt() * predicted  # s = 0: x = estimate
     return estimate
 

@@ -7,6 +7,9 @@ boundary ``b_n`` is the β-quantile of the batch's normal ``l / normalizer`` (th
 it), ``b_a = b_n − τ``, and the loss adds mean(b_n − l) over normals below b_n (pull) and
 mean(l − b_a) over anomalous vectors above b_a (push).
 Score: per level exp(l − max training l), upsampled and summed; map = levels − sum; image score = max.
+Surrogates for the attacks (the exp saturates: its gradient is exactly 0 in float32 once l − max < −103,
+and the max moves one pixel a step): the per-pixel negative log-likelihood map, pooled by logsumexp
+(``nll-lse``) or by the mean of its top 5 % (``nll-top5``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from robust_ad_bench.methods.bgad.augment import paste_defects
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
 from robust_ad_bench.methods.bgad.losses import semi_push_pull
 from robust_ad_bench.methods.common.backbones import PretextFeatures, TorchvisionFeatures
+from robust_ad_bench.methods.common.surrogates import smooth_max, top_fraction_mean
 from robust_ad_bench.methods.common.training import (
     MinibatchTrainer,
     Stream,
@@ -128,6 +132,19 @@ class FlowAD(Detector):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.anomaly_map(x).flatten(1).amax(1)
+
+    def nll_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The anomaly map before the exp: per level max training l − l, upsampled and summed (N×H×W)."""
+        total = torch.zeros(len(x), *self.image_shape[1:], device=x.device)
+        for level, l_map in enumerate(self.log_likelihood_maps(x)):
+            nll = (self.level_max[level] - l_map).unsqueeze(1)
+            total = total + F.interpolate(nll, size=self.image_shape[1:], mode="bilinear",
+                                          align_corners=False).squeeze(1)
+        return total
+
+    def surrogates(self) -> dict:
+        return {"nll-lse": lambda x: smooth_max(self.nll_map(x)),
+                "nll-top5": lambda x: top_fraction_mean(self.nll_map(x), 0.05)}
 
     # -- training -------------------------------------------------------------------------------------
     def fit(self, train: TrainSet) -> None:
