@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         summary = runner.run()
     console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
                   f"store, {len(summary.failed)} failed; {summary.trained} models trained, "
-                  f"{summary.checked} checked, {summary.certified} certified")
+                  f"{summary.worst} per-image worst cases, {summary.checked} checked, {summary.certified} certified")
     with Store(cfg.out) as store:
         results, checks = store.results(), store.checks()
     methods = {j.method for j in runner.jobs}

@@ -129,10 +129,9 @@ def _cell(mean: float, std: float, n: int, note: str) -> str:
 
 
 def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Methods × columns of "mean ± std" strings with check flags (per-image worst-case columns for AUROC
-    only); extra columns flag training and failed jobs."""
-    if metric != "auroc":  # the worst case is a figure of the attacked scores: AUROC only
-        results = results[~is_worst(results["attack"])]
+    """Methods × columns of "mean ± std" strings with check flags, per-image worst-case columns included
+    (their images are the worst per image for any ranking metric); extra columns flag training and failed
+    jobs."""
     long = summarize(results, metric)
     if long.empty:
         return pd.DataFrame()
