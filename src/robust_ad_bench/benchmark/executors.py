@@ -141,9 +141,12 @@ def run_task(task: ModelTask, progress: ProgressFactory | None = None) -> Iterat
             yield JobDone(job, job_result(job, "failed", seconds=time.perf_counter() - start,
                                           error=f"{type(exc).__name__}: {exc}"), _trace(exc))
             continue
-        if detector.stochastic and job.norm != "none":  # kept to re-score its worst case with fresh draws
-            images.save(job.key, split.test.to(device), x_adv, job.eps)
         result.seconds = time.perf_counter() - start
+        if detector.stochastic and job.norm != "none":  # kept to re-score its worst case with fresh draws
+            try:
+                images.save(job.key, split.test.to(device), x_adv, job.eps)
+            except OSError:  # not kept: the worst case attacks again from the job's seed
+                pass
         auroc[job.key], scores[job.key] = result.metrics["auroc"], result.scores
         yield JobDone(job, result)
     for group in task.worst:
