@@ -87,6 +87,14 @@ def test_worst_case_rows_are_stored_from_the_jobs_scores(tmp_path):
                                                           "autoattack": {"iters": 3, "components": ["apgd-ce"]}})
                   ).run()
     assert (more.computed, more.worst, more.trained) == (1, 1, 0)
+    with Store(tmp_path) as store:
+        results = store.results()
+    assert len(worst_rows(results)) == 2  # the earlier worst case (over three attacks) stays in the store
+    rows = worst_rows(results)
+    newest = rows[[len(json.loads(c)["attacks"]) == 4 for c in rows["config"]]].iloc[0]
+    shown = leaderboard.worst_per_model(results)
+    assert list(shown["key"]) == [newest["key"]]  # reports read the one over every attack
+    assert leaderboard.wide(results).loc["knn", "digits worst-linf 32/255"].startswith(f"{newest['auroc']:.3f}")
 
 
 def test_reports_use_the_per_image_worst_case(tmp_path):

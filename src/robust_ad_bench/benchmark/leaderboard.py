@@ -74,9 +74,23 @@ def is_worst(attacks: pd.Series) -> pd.Series:
     return attacks.astype(str).str.startswith(WORST_PREFIX)
 
 
+def drop_superseded_worst(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model, norm and eps, only the worst-case row over the most attacks (then the lowest): a grid that
+    added an attack leaves its earlier worst case, over fewer attacks and never lower, in the store."""
+    worst = is_worst(results["attack"]) & (results["status"] == "ok")
+    if not worst.any():
+        return results
+    rows = results[worst]
+    combined = rows["config"].map(lambda c: len(StoredConfig.parse(c).payload.get("jobs", [])))
+    ranked = rows.assign(_combined=combined).sort_values(["_combined", "auroc"], ascending=[False, True])
+    keep = ranked.drop_duplicates(MODEL_EPS).index
+    return results[~worst | results.index.isin(keep)]
+
+
 def worst_per_model(results: pd.DataFrame) -> pd.DataFrame:
     """Per model (train_key), norm and eps > 0: its ``worst-<norm>`` row (the per-image worst case over the
     attacks run there), or the row of the only attack run there."""
+    results = drop_superseded_worst(results)
     ok = results[(results["status"] == "ok") & (results["norm"] != "none") & results["auroc"].notna()]
     if ok.empty:
         return ok
@@ -132,6 +146,7 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
     """Methods × columns of "mean ± std" strings with check flags, per-image worst-case columns included
     (their images are the worst per image for any ranking metric); extra columns flag training and failed
     jobs."""
+    results = drop_superseded_worst(results)
     long = summarize(results, metric)
     if long.empty:
         return pd.DataFrame()
