@@ -10,6 +10,7 @@ process; another executor (a process pool, a Ray cluster) is one new class with 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -143,10 +144,8 @@ def run_task(task: ModelTask, progress: ProgressFactory | None = None) -> Iterat
             continue
         result.seconds = time.perf_counter() - start
         if detector.stochastic and job.norm != "none":  # kept to re-score its worst case with fresh draws
-            try:
+            with contextlib.suppress(OSError):  # not kept: the worst case attacks again from the job's seed
                 images.save(job.key, split.test.to(device), x_adv, job.eps)
-            except OSError:  # not kept: the worst case attacks again from the job's seed
-                pass
         auroc[job.key], scores[job.key] = result.metrics["auroc"], result.scores
         yield JobDone(job, result)
     for group in task.worst:
