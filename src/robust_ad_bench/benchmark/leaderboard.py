@@ -244,7 +244,7 @@ def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc",
     table = wide(results, metric, checks)
     stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
-    summarize(results, metric).to_csv(paths[0], index=False)
+    summarize(drop_superseded_worst(results), metric).to_csv(paths[0], index=False)
     legend = "".join(f"\n{line}\n" for line in flag_legend(table)) if not table.empty else ""
     paths[1].write_text(to_markdown(table) + legend if not table.empty else "no finished jobs\n")
     paths[2].write_text(to_latex(table) if not table.empty else "% no finished jobs\n")
