@@ -15,6 +15,7 @@ from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.config import expand_grid
 from robust_ad_bench.benchmark.evaluation import score_images
+from robust_ad_bench.benchmark.jobs import StoredConfig, worst_case_groups
 from robust_ad_bench.benchmark.metrics import auroc
 from robust_ad_bench.benchmark.plots import make_plots
 from robust_ad_bench.benchmark.runner import Runner
@@ -178,3 +179,13 @@ def test_eval_samples_average_draws_for_stochastic_detectors_only(tmp_path):
     np.testing.assert_array_equal(score_images(detector, x, 8, seed=1), score_images(detector, x, 8, seed=1))
     with pytest.raises(BenchError, match="eval_samples must be an integer >= 1, got 0"):
         tiny_grid(tmp_path, eval_samples=0)
+
+
+def test_worst_case_rows_keep_the_test_set_and_draws_of_their_jobs(tmp_path):
+    jobs = expand_grid(tiny_grid(tmp_path, methods="noisy-score", attacks="clean,fgsm,pgd", classes="3",
+                                 n_anomalies=4))
+    (group,) = worst_case_groups(jobs)
+    config, first = StoredConfig.parse(group.config), StoredConfig.parse(group.jobs[0].config)
+    assert config.split() == first.split() and config.split().n_anomalies == 4  # `defects` reads it
+    assert config.payload["eval_samples"] == 8 and config.payload["attacks"] == ["fgsm", "pgd"]
+    assert group.key not in {j.key for j in jobs}

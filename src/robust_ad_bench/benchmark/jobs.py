@@ -141,9 +141,9 @@ class WorstCase:
 
     @property
     def config(self) -> dict[str, Any]:
-        """What the store keeps of it: the model's payload and the attacks combined."""
-        first = self.jobs[0]
-        return {**first.model.payload(), "derived": "worst-case", "version": WORST_CASE_VERSION,
+        """What the store keeps of it: its jobs' payload (model, test set, draws) and the attacks combined."""
+        shared = {k: v for k, v in self.jobs[0].config.items() if not k.startswith("attack")}
+        return {**shared, "derived": "worst-case", "version": WORST_CASE_VERSION,
                 "attacks": [j.attack for j in self.jobs], "jobs": [j.key for j in self.jobs], "norm": self.norm,
                 "eps": round(self.eps, 10)}
 
