@@ -66,7 +66,7 @@ class DiffusionDetector(Detector):
         try:
             self.unet = SmallUNet(channels, (height, width), c.width, c.levels)
         except ValueError as exc:
-            raise BenchError(f"method '{self.name}': {exc}") from None
+            raise BenchError(f"method '{self.name}': {exc}; choose fewer levels") from None
 
     def fit_ddpm(self, images: torch.Tensor) -> list[float]:
         """Train the noise predictor on normal images (scaled to [-1, 1], the DDPM's data range)."""

@@ -78,9 +78,9 @@ class SmallUNet(nn.Module):
     def __init__(self, channels: int, size: int | tuple[int, int], width: int = 16, levels: int = 2,
                  time_dim: int = 64) -> None:
         super().__init__()
-        if levels < 1:
-            raise ValueError(f"a UNet needs at least 1 level, got {levels}")
         height, image_width = (size, size) if isinstance(size, int) else size
+        if levels < 1 or min(height, image_width) < 2 ** (levels - 1):  # the coarsest level below 1 px
+            raise ValueError(f"image size {min(height, image_width)} cannot be halved {levels - 1} times")
         self.padding = Padding(height, image_width, 2 ** (levels - 1))
         self.time_dim = time_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
