@@ -7,7 +7,7 @@ not: the conv autoencoder pads its input to a multiple of 2^halvings (``Padding`
 cropped back on the way out) and its linear map reads the whole final grid (4×4 at powers of two); the
 contrastive encoders pool globally.
 
-- ``ConvEncoder`` / ``ConvDecoder``: a plain conv stack to 4×4 and a linear map to a latent vector, and
+- ``ConvEncoder`` / ``ConvDecoder``: a plain conv stack to the final grid and a linear map to a latent vector, and
   its mirror (autoencoder, Deep SVDD, the reconstruction pretext of the frozen feature extractors).
 - Contrastive encoders (image → pooled feature vector, batch norm), picked by ``encoder_for``:
   ``small-cnn`` (a few 3×3 convolutions, for 8×8 digits, where a ResNet stem would leave nothing to
