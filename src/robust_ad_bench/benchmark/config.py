@@ -191,7 +191,7 @@ def _section(value: Any, config_cls: type, name: str, off: dict[str, Any]) -> An
     return build_config(config_cls, value, name)
 
 
-def _classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
+def classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
     spec = cfg.classes
     if spec is None:
         return dataset.classes()
@@ -252,7 +252,7 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
             for kind in known:
                 if kind not in dataset.defect_kinds:
                     raise unknown_choice(f"known defect type of dataset '{ds_name}'", kind, dataset.defect_kinds)
-        for cls in _classes_for(cfg, dataset):
+        for cls in classes_for(cfg, dataset):
             for seed in cfg.seeds:
                 split = SplitSpec(ds_name, cls, seed, cfg.n_anomalies, known if cfg.n_anomalies else None,
                                   protocol, contamination, ds_params, cfg.data_root)

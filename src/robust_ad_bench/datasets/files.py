@@ -66,8 +66,8 @@ def find_root(dataset: str, option_root: str, grid_root: str | None, subfolders:
     base = data_root(grid_root)
     if not base:
         raise BenchError(f"dataset '{dataset}': no data root given; pass --data-root DIR (or set {DATA_ENV}, or "
-                         f"dataset_params: {{{dataset}: {{root: DIR}}}}); expected layout: DIR/{subfolders[0]}"
-                         f"{'/' if subfolders[0] else ''}{layout.removeprefix('<root>/')}")
+                         f"dataset_params: {{{dataset}: {{root: ROOT}}}}); expected layout, with ROOT = "
+                         f"DIR/{subfolders[0] or '.'}: {layout}")
     candidates = [Path(base).expanduser() / sub if sub else Path(base).expanduser() for sub in subfolders]
     for root in candidates:
         if root.is_dir() and looks_right(root):

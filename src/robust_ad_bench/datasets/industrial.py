@@ -47,7 +47,7 @@ class Layout:
     flat_train: bool = False  # images directly in train/ are normal too
 
     def describe(self) -> str:
-        good, mask = self.good[0], self.masks[0]
+        good, mask = self.good[0], self.masks[0].format(stem="<name>")
         return (f"<root>/<category>/train/{good}/*.png, <root>/<category>/test/{good}/*.png, "
                 f"<root>/<category>/test/<defect>/*.png, <root>/<category>/ground_truth/<defect>/{mask}")
 
