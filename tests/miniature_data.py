@@ -171,7 +171,8 @@ def make_cifar10(root: str | Path, n_train: int = 8, n_test: int = 4, seed: int 
         (folder / f"data_batch_{b}").write_bytes(_py2_pickle(batch))
     labels = rng.permutation(np.repeat(np.arange(10), n_test))
     test = {b"batch_label": b"testing batch 1 of 1", b"labels": labels.tolist(),
-            b"data": _class_images(rng, labels, (3072,), 10), b"filenames": [b"t_%d.png" % i for i in range(len(labels))]}
+            b"data": _class_images(rng, labels, (3072,), 10),
+            b"filenames": [b"t_%d.png" % i for i in range(len(labels))]}
     (folder / "test_batch").write_bytes(_py2_pickle(test))
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
     (folder / "batches.meta").write_bytes(_py2_pickle({b"label_names": names, b"num_vis": 3072,

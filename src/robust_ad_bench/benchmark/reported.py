@@ -77,7 +77,8 @@ def compare(results: pd.DataFrame, figures: Iterable[Figure], metrics: Iterable[
     ``reported`` (percent, NaN where the paper has none or it was not found), ``found`` (True, False for
     "not found", None without a figure), ``reproduced`` and ``difference`` in percent (no difference for a
     mean over only some of the classes), ``n`` and ``of`` (seeds; or classes run of the dataset's classes
-    for ``mean`` rows), ``source``."""
+    for ``mean`` rows), ``source``. A figure of a method and dataset that ran without any successful job
+    gets a row too, reproduced NaN and ``n`` 0."""
     figures = list(figures)
     index = figure_index(figures)
     totals = class_counts(results["dataset"]) if not results.empty else {}
@@ -97,6 +98,19 @@ def compare(results: pd.DataFrame, figures: Iterable[Figure], metrics: Iterable[
                          "n": int(r.n), "of": of,
                          "found": bool(found) if matches else None,
                          "source": "; ".join(dict.fromkeys(_cite(f) for f in (found or matches)))})
+    attempted = (set(zip(results["method"], results["dataset"], results["config"].map(run_setting)))
+                 if not results.empty else set())
+    matched = {(r["method"], r["dataset"], r["class"], r["metric"], r["attack"], r["norm"], round(r["eps"], 10),
+                r["setting"]) for r in rows}
+    for key, matches in index.items():  # figures of what ran but produced no value (every job failed)
+        method, dataset = key[0], key[1]
+        if (method, dataset, key[-1]) in attempted and key not in matched:
+            f = matches[0]
+            rows.append({"dataset": dataset, "class": f.normal_class, "method": method, "metric": f.metric,
+                         "attack": f.attack, "norm": f.norm, "eps": f.eps, "setting": f.setting,
+                         "reported": f.value if f.value is not None else float("nan"), "reproduced": float("nan"),
+                         "difference": float("nan"), "n": 0, "of": totals.get(dataset, 0) if f.normal_class == MEAN
+                         else 0, "found": f.value is not None, "source": _cite(f)})
     return pd.DataFrame(rows, columns=["dataset", "class", "method", "metric", "attack", "norm", "eps", "setting",
                                        "reported", "reproduced", "difference", "n", "of", "found", "source"])
 

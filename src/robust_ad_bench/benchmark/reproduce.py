@@ -111,7 +111,9 @@ def comparison_table(table: pd.DataFrame, paper: Paper) -> Table:
         out.add_column(column, justify="right" if column in ("reported", "reproduced", "difference") else "left")
     for r in table.rename(columns={"class": "normal_class"}).itertuples(index=False):
         reported = "not found" if r.found is False else _percent(r.reported)
-        runs = f"{r.n}/{r.of} classes" if r.normal_class == MEAN else f"{r.n} seed{'s' if r.n > 1 else ''}"
+        runs = f"{r.n}/{r.of} classes" if r.normal_class == MEAN else f"{r.n} seed{'s' if r.n != 1 else ''}"
+        if r.n == 0:
+            runs = "failed"
         difference = "" if math.isnan(r.difference) else f"{r.difference:+.1f}"
         eps = eps_label(r.eps, r.norm) if r.norm != "none" else ""
         setting = [_setting(r.setting)] if show_setting else []
