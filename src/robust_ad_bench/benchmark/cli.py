@@ -131,12 +131,12 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
         raise BenchError(f"nothing of paper '{paper.name}' can run: no data found (see above); put it where the "
                          "lines above say, or pass --data-root DIR")
     runners = [(run, Runner(run.cfg)) for run in runs if run.runnable]  # validates everything before running
+    failed = 0
     if args.dry_run:
         for run, runner in runners:
             out.print(f"config {run.config} (results in {run.cfg.out}):")
             dry_run(runner, out)
     else:
-        failed = 0
         frames = []
         for run, runner in runners:
             console.print(f"config {run.config}: results in {run.cfg.out}")
@@ -150,12 +150,12 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
             frames.append(results[results["key"].isin(keys)])
         table = reproduce.report(pd.concat(frames, ignore_index=True), paper, out)
         if not table.empty:
-            target = Path(runs[0].cfg.out) / f"reproduce_{paper.name}.csv"
+            target = Path(runners[0][0].cfg.out) / f"reproduce_{paper.name}.csv"
             table.to_csv(target, index=False)
             console.print(f"wrote {target}")
     for item in missing:
         console.print(item.line(), highlight=False)
-    return 1 if not args.dry_run and failed else 0
+    return 1 if failed else 0
 
 
 def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
