@@ -14,7 +14,7 @@ from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
-from robust_ad_bench.methods.diffusion import LinearSchedule, SmallUNet, denoise, multiscale_error
+from robust_ad_bench.methods.advrad.diffusion import LinearSchedule, SmallUNet, denoise, multiscale_error
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,6 @@ class DetectorConfig:
     """Base of method configs. Subclasses add their hyper-parameters as fields with defaults."""
 
 
-@dataclass
-class TrainConfig(DetectorConfig):
-    """Config of methods trained by ``Detector.train_loop`` (Adam over shuffled minibatches)."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-
-
 class Detector(nn.Module):
     """Base class of anomaly detectors (methods). Register subclasses with ``@register_method``."""
 
@@ -113,35 +103,6 @@ class Detector(nn.Module):
     def report(self, done: int, total: int, message: str = "") -> None:
         if self.progress is not None:
             self.progress(done, total, message)
-
-    def train_loop(
-        self,
-        images: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
-        params: list[nn.Parameter] | None = None,
-    ) -> list[float]:
-        """Adam over shuffled minibatches of ``images`` with the ``TrainConfig`` fields of the method's
-        config; returns the mean loss of each epoch."""
-        c: TrainConfig = self.config
-        epochs, batch_size = c.epochs, c.batch_size
-        images = images.to(self.device)
-        optimizer = torch.optim.Adam(params or list(self.parameters()), lr=c.lr, weight_decay=c.weight_decay)
-        history: list[float] = []
-        n = len(images)
-        for epoch in range(epochs):
-            self.train()
-            total, count = 0.0, 0
-            for idx in torch.randperm(n, device=images.device).split(batch_size):
-                loss = loss_fn(images[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            history.append(total / max(count, 1))
-            self.report(epoch + 1, epochs, f"loss {history[-1]:.4f}")
-        self.eval()
-        return history
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def restore(self, state: dict[str, torch.Tensor]) -> None:

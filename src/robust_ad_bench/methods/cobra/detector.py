@@ -13,7 +13,6 @@ All three share the encoder and the CSI-style score over the training feature ba
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +33,16 @@ from robust_ad_bench.methods.cobra.pseudo_anomalies import (
     random_flip,
     simclr_augment,
 )
-from robust_ad_bench.methods.cobra.training import OPTIMIZERS, make_optimizer, set_learning_rate
-from robust_ad_bench.methods.encoders import ENCODERS, encoder_for
+from robust_ad_bench.methods.common.networks import ENCODERS, encoder_for
+from robust_ad_bench.methods.common.training import (
+    OPTIMIZERS,
+    MinibatchTrainer,
+    Stream,
+    make_optimizer,
+    steps_per_epoch,
+    training_eps,
+    warmup_cosine_schedule,
+)
 
 
 @dataclass
@@ -167,22 +174,11 @@ class Contrastive(Detector):
         self.uses_rotation.fill_(int(kind == "rotation"))
         self._resize_classifier(num_groups(kind))
         self.prepare_training(train)
-        optimizer = make_optimizer(c.optimizer, self.encoder, c.lr, c.weight_decay)
-        n = len(images)
-        steps_per_epoch = math.ceil(n / c.batch_size)
-        total = c.epochs * steps_per_epoch
-        self.train()
-        for epoch in range(c.epochs):
-            running = 0.0
-            for i, idx in enumerate(torch.randperm(n, device=images.device).split(c.batch_size)):
-                set_learning_rate(optimizer, c.lr, epoch * steps_per_epoch + i, total,
-                                  c.warmup_epochs * steps_per_epoch)
-                loss = self.training_loss(images[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += float(loss.detach())
-            self.report(epoch + 1, c.epochs, f"loss {running / steps_per_epoch:.4f}")
+        optimizer = make_optimizer(self.encoder.parameters(), c.lr, c.weight_decay, kind=c.optimizer)
+        steps = steps_per_epoch(len(images), c.batch_size)
+        schedule = warmup_cosine_schedule(optimizer, c.epochs * steps, warmup=c.warmup_epochs * steps)
+        trainer = MinibatchTrainer(self, c.epochs, c.batch_size, report=self.report)
+        trainer.run(Stream((images,), self.training_loss, optimizer, schedule))
         self._build_bank(images)
 
     def _resize_classifier(self, groups: int) -> None:
@@ -226,8 +222,7 @@ class ContrastiveAT(Contrastive):
     adversarially_trained = True
 
     def prepare_training(self, train: TrainSet) -> None:
-        default = max(train.default_eps.get("linf", (8 / 255,)))
-        self.train_eps = self.config.train_eps if self.config.train_eps is not None else default
+        self.train_eps = training_eps(train, self.config.train_eps)
 
     def attack(self, objective, x: torch.Tensor) -> torch.Tensor:
         """Linf PGD maximizing ``objective`` per sample, model in eval mode (frozen batch-norm statistics)."""

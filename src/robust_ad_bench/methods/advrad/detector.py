@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from robust_ad_bench.core.dataset import TrainSet
-from robust_ad_bench.core.detector import Detector, TrainConfig
+from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import METHODS, register_method
-from robust_ad_bench.methods.diffusion import LinearSchedule, SmallUNet, ddpm_loss, denoise, multiscale_error
+from robust_ad_bench.methods.advrad.diffusion import LinearSchedule, SmallUNet, ddpm_loss, denoise, multiscale_error
+from robust_ad_bench.methods.common.training import TrainConfig, train_on_images
 
 STAT_BATCH = 256  # training images per call when the mean error map is computed
 
@@ -71,8 +72,8 @@ class DiffusionDetector(Detector):
         """Train the noise predictor on normal images (scaled to [-1, 1], the DDPM's data range)."""
         c = self.config
         max_step = c.train_max_step or c.diffusion_steps
-        return self.train_loop(images, lambda x: ddpm_loss(self.unet, self.schedule, 2 * x - 1, max_step),
-                               params=list(self.unet.parameters()))
+        return train_on_images(self, images, lambda x: ddpm_loss(self.unet, self.schedule, 2 * x - 1, max_step),
+                               params=self.unet.parameters())
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Noise to k with fresh noise, denoise (one-shot or m jumps); returns an image in [0, 1]."""
