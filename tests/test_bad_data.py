@@ -12,16 +12,8 @@ import miniature_data as mini
 from robust_ad_bench.benchmark.cli import main
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS
-from robust_ad_bench.datasets import cache, files
 
-
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    cache.clear()
-    monkeypatch.delenv(files.DATA_ENV, raising=False)
-    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
-    yield
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("fresh_data")
 
 
 def mvtec(data_dir: Path, **params):

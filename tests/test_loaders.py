@@ -20,14 +20,7 @@ from robust_ad_bench.datasets import cache, files
 from robust_ad_bench.datasets.readers import load_cifar_pickle
 from robust_ad_bench.datasets.transforms import to_gray
 
-
-@pytest.fixture(autouse=True)
-def _fresh_cache(monkeypatch):
-    cache.clear()
-    monkeypatch.delenv(files.DATA_ENV, raising=False)
-    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
-    yield
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("fresh_data")
 
 
 def make(name, data_dir, **params):

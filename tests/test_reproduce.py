@@ -15,18 +15,12 @@ from robust_ad_bench.benchmark.config import packaged_configs
 from robust_ad_bench.benchmark.papers import Figure, Paper, load_paper, paper_names, parse_paper
 from robust_ad_bench.benchmark.reported import cell_reported, compare
 from robust_ad_bench.core.errors import BenchError
-from robust_ad_bench.datasets import cache, files
 
 MVTEC = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",
          "toothbrush", "transistor", "wood", "zipper")
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    cache.clear()
-    monkeypatch.delenv(files.DATA_ENV, raising=False)
-    yield
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("fresh_data")
 
 
 def test_packaged_papers_are_valid():
