@@ -226,3 +226,21 @@ def test_decoded_images_are_cached(tmp_path, monkeypatch):
     assert torch.equal(again.test, first.test) and torch.equal(again.test_masks, first.test_masks)
     make("mvtec", tmp_path, resize=8).split("bottle", 0)
     assert len(calls) == decoded  # other transforms: decoded again
+
+
+def test_download_is_off_by_default_and_asks_torchvision_when_on(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    def fake_cifar10(root, download=False, train=True):  # stands in for torchvision's downloader (offline here)
+        calls.append((root, download, train))
+        mini.make_cifar10(root, n_train=2, n_test=1)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    with pytest.raises(BenchError, match="data not found"):
+        make("cifar10", tmp_path).split("0", 0)
+    assert calls == []
+    split = make("cifar10", tmp_path, download=True).split("0", 0)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), True, False)] and len(split.train) == 2
+    assert make("cifar10", tmp_path, download=True).key_params() == {}  # not part of the key
