@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.config import make_grid_config, packaged_configs
+from robust_ad_bench.benchmark.config import make_grid_config
+from robust_ad_bench.benchmark.papers import load_paper
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.core.dataset import TrainSet
@@ -177,8 +177,8 @@ def test_methods_run_in_the_grid(tmp_path):
 
 @pytest.mark.parametrize("name", ["cobra-cifar10", "cobra-mvtec"])
 def test_paper_configs_load(name):
-    raw = yaml.safe_load(packaged_configs()[name].read_text())
-    assert "source" in raw["reported"] and "cobra" in raw["reported"]
+    paper = load_paper("cobra")  # the reported figures live in papers/cobra.yaml
+    assert name in paper.configs and {f.method for f in paper.figures} == {"cobra"}
     cfg = make_grid_config(name)  # validates the options (the datasets are checked when the grid expands)
     assert cfg.methods == ["cobra"] and cfg.attack_params["pgd"]["steps"] >= 100
     params = build_config(METHODS.get("cobra").Config, cfg.method_params["cobra"], "method 'cobra'")
