@@ -24,6 +24,18 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def fresh_data(monkeypatch):
+    """No decoded images cached from another test, and no data root or cache folder from the environment."""
+    from robust_ad_bench.datasets import cache, files
+
+    cache.clear()
+    monkeypatch.delenv(files.DATA_ENV, raising=False)
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    yield
+    cache.clear()
+
+
 def tiny_grid(out, **overrides):
     """A small grid on two digit classes with tiny training budgets."""
     options = dict(methods="knn,ae", datasets="digits", attacks="clean,pgd", eps="32/255",

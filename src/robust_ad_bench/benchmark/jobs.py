@@ -20,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from robust_ad_bench.benchmark.certification import CertifyConfig
 from robust_ad_bench.benchmark.checks import CHECKS_VERSION, CheckConfig
 from robust_ad_bench.benchmark.worst_case import WORST_CASE_VERSION
 from robust_ad_bench.core.params import config_dict
-from robust_ad_bench.datasets.protocols import SplitSpec
+from robust_ad_bench.datasets.protocols import SplitSpec, stored_params
 
 
 def content_key(payload: dict[str, Any]) -> str:
@@ -59,12 +59,17 @@ class ModelSpec:
     dataset_version: str
     split: SplitSpec
     trains_on_anomalies: bool  # the method needs anomalies and the grid holds some out
+    # the dataset options that change its data (``Dataset.key_params``: transforms, never the data root);
+    # in the payload only when there are some, so the keys of datasets without options stay what they were
+    dataset_params: dict[str, Any] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
         s = self.split
         payload = {"method": self.method, "method_version": self.method_version, "params": self.params,
                    "dataset": s.dataset, "dataset_version": self.dataset_version, "normal_class": s.normal_class,
                    "seed": s.seed, **_protocol_payload(s)}
+        if self.dataset_params:
+            payload["dataset_params"] = self.dataset_params
         if self.trains_on_anomalies:
             payload["anomalies_seen"] = _few_payload(s)
         return payload
@@ -205,10 +210,11 @@ class StoredConfig:
         """Whether the model trained on labelled anomalies."""
         return bool(self.payload.get("anomalies_seen"))
 
-    def split(self) -> SplitSpec:
-        """The split the job was tested on."""
+    def split(self, data_root: str | None = None) -> SplitSpec:
+        """The split the job was tested on (files read under ``data_root``, else ``$ROBUST_AD_BENCH_DATA``)."""
         p = self.payload
         few = p.get("few_anomalies") or {}
         known = few.get("known_defects")
         return SplitSpec(p["dataset"], str(p["normal_class"]), int(p["seed"]), few.get("n_anomalies", 0),
-                         tuple(known) if known else None, p.get("protocol", "one-class"), p.get("contamination"))
+                         tuple(known) if known else None, p.get("protocol", "one-class"), p.get("contamination"),
+                         stored_params(p["dataset"], p.get("dataset_params")), data_root)

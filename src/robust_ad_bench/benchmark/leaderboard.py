@@ -142,10 +142,12 @@ def _cell(mean: float, std: float, n: int, note: str) -> str:
     return f"{text} {note}" if note else text
 
 
-def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None) -> pd.DataFrame:
+def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None,
+         reported: dict[tuple, str] | None = None) -> pd.DataFrame:
     """Methods × columns of "mean ± std" strings with check flags, per-image worst-case columns included
     (their images are the worst per image for any ranking metric); extra columns flag training and failed
-    jobs."""
+    jobs. ``reported`` ((method, dataset, attack, norm, eps) → a paper's figure, from
+    ``reported.cell_reported``) adds a "<column> reported" column beside each column that has one."""
     results = drop_superseded_worst(results)
     long = summarize(results, metric)
     if long.empty:
@@ -159,6 +161,8 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
                              zip(long[["mean", "std", "n"]].values, notes)])
     table = long.pivot(index="method", columns="column", values="cell")
     table = table[list(dict.fromkeys(long["column"]))].fillna("–")
+    if reported:
+        table = _with_reported(table, long, reported)
     at = results.groupby("method")["adversarially_trained"].any()
     failed = results[results["status"] == "failed"].groupby("method").size()
     table.insert(0, "AT", ["yes" if at.get(m, False) else "" for m in table.index])
@@ -168,6 +172,21 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
     table["failed"] = [int(failed.get(m, 0)) for m in table.index]
     table.index.name = "method"
     return table
+
+
+def _with_reported(table: pd.DataFrame, long: pd.DataFrame, reported: dict[tuple, str]) -> pd.DataFrame:
+    """A "<column> reported" column right of each column where some method has a reported figure."""
+    texts: dict[str, dict[str, str]] = {}
+    for row in long.itertuples(index=False):
+        text = reported.get((row.method, row.dataset, row.attack, row.norm, round(float(row.eps), 10)))
+        if text is not None:
+            texts.setdefault(row.column, {})[row.method] = text
+    columns = {}
+    for column in table.columns:
+        columns[column] = table[column]
+        if column in texts:
+            columns[f"{column} reported"] = pd.Series([texts[column].get(m, "–") for m in table.index], table.index)
+    return pd.DataFrame(columns, index=table.index)
 
 
 def saw_anomalies(results: pd.DataFrame) -> pd.Series:
@@ -237,11 +256,11 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc",
-          checks: pd.DataFrame | None = None) -> list[Path]:
+          checks: pd.DataFrame | None = None, reported: dict[tuple, str] | None = None) -> list[Path]:
     """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide); other metrics
     than AUROC go to leaderboard_<metric>.*."""
     folder = Path(folder)
-    table = wide(results, metric, checks)
+    table = wide(results, metric, checks, reported)
     stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
     summarize(drop_superseded_worst(results), metric).to_csv(paths[0], index=False)

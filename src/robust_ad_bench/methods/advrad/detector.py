@@ -66,9 +66,9 @@ class DiffusionDetector(Detector):
             raise BenchError(f"method '{self.name}'.train_max_step must be in 0..{c.diffusion_steps}, "
                              f"got {c.train_max_step}")
         self.schedule = LinearSchedule(c.diffusion_steps, c.beta_start, c.beta_end)
-        channels, size, _ = self.image_shape
+        channels, height, width = self.image_shape
         try:
-            self.unet = SmallUNet(channels, size, c.width, c.levels)
+            self.unet = SmallUNet(channels, (height, width), c.width, c.levels)
         except ValueError as exc:
             raise BenchError(f"method '{self.name}': {exc}; choose fewer levels") from None
 

@@ -29,6 +29,7 @@ from robust_ad_bench.methods.bgad.augment import paste_defects
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
 from robust_ad_bench.methods.bgad.losses import semi_push_pull
 from robust_ad_bench.methods.common.backbones import PretextFeatures, TorchvisionFeatures
+from robust_ad_bench.methods.common.networks import Padding
 from robust_ad_bench.methods.common.surrogates import smooth_max, top_fraction_mean
 from robust_ad_bench.methods.common.training import (
     MinibatchTrainer,
@@ -122,13 +123,22 @@ class FlowAD(Detector):
             maps.append((logp / ch).view(n, h, w))
         return maps
 
+    @property
+    def padding(self) -> Padding:
+        """How the feature maps cover the image: the pretext encoder's padding, none for a torchvision
+        backbone (it resizes the whole image)."""
+        if isinstance(self.backbone, PretextFeatures):
+            return self.backbone.padding
+        return Padding(*self.image_shape[1:], multiple=1)
+
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(len(x), *self.image_shape[1:], device=x.device)
+        padding = self.padding
+        total = torch.zeros(len(x), *padding.padded, device=x.device)
         for level, l_map in enumerate(self.log_likelihood_maps(x)):
             prob = torch.exp(l_map - self.level_max[level]).unsqueeze(1)
-            total = total + F.interpolate(prob, size=self.image_shape[1:], mode="bilinear",
+            total = total + F.interpolate(prob, size=padding.padded, mode="bilinear",
                                           align_corners=False).squeeze(1)
-        return len(self.flows) - total
+        return len(self.flows) - padding.crop(total)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.anomaly_map(x).flatten(1).amax(1)
@@ -232,9 +242,10 @@ class BGAD(FlowAD):
             anomalies, masks = torch.cat([anomalies, pasted]), torch.cat([masks, pasted_masks])
         with torch.no_grad():
             raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in anomalies.split(256)))]
+        cells = self.padding.pad(masks.unsqueeze(1).float())  # the feature maps cover the padded image
         out = []
         for level, f in enumerate(raw):
-            cell = F.adaptive_avg_pool2d(masks.unsqueeze(1).float(), f.shape[-2:])
+            cell = F.adaptive_avg_pool2d(cells, f.shape[-2:])
             keep = _flatten(cell).squeeze(1) >= c.mask_threshold
             vectors, cond = self.level_vectors(level, f)
             out.append((vectors[keep], cond[keep]))

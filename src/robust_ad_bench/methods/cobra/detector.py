@@ -58,8 +58,9 @@ class ContrastiveConfig(DetectorConfig):
     blocks: tuple[int, ...] = (1, 1)
     stem_stride: int = 2  # 2: the ResNet's CIFAR stem halves the resolution (cheaper); 1 as ResNet-18
     proj_dim: int = 128
-    # pseudo-anomalies: "rotation" (4 groups), "scar" (2 groups), "auto" (rotation when rotated training
-    # images lie clearly off the training set, see ``auto_rotation_threshold``; else scar)
+    # pseudo-anomalies: "rotation" (4 groups; on non-square images the 90° and 270° turns are resized back
+    # to H×W, see ``quarter_turn``), "scar" (2 groups), "auto" (rotation when rotated training images lie
+    # clearly off the training set, see ``auto_rotation_threshold``; else scar)
     pseudo_anomaly: str = "auto"
     auto_rotation_threshold: float = 2.0
     scar_size: tuple[float, float] = (7 / 224, 40 / 224)  # strip sides as fractions of the image side
