@@ -33,6 +33,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def fresh_data(monkeypatch):
+    """No decoded images cached from another test, and no data root or cache folder from the environment."""
+    from robust_ad_bench.datasets import cache, files
+
+    cache.clear()
+    monkeypatch.delenv(files.DATA_ENV, raising=False)
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    yield
+    cache.clear()
+
+
 def tiny_grid(out, **overrides):
     """A small grid on two digit classes with tiny training budgets."""
     options = dict(methods="knn,ae", datasets="digits", attacks="clean,pgd", eps="32/255",
@@ -40,4 +52,5 @@ def tiny_grid(out, **overrides):
     options.update(overrides)
     cfg = make_grid_config(**options)
     cfg.method_params = {**TINY_METHOD_PARAMS, **cfg.method_params}
+    cfg.checks.square_queries = 200  # the default (1000) is tested on its own in test_checks.py
     return cfg

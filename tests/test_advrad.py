@@ -14,7 +14,7 @@ from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
-from robust_ad_bench.methods.diffusion import LinearSchedule, SmallUNet, denoise, multiscale_error
+from robust_ad_bench.methods.advrad.diffusion import LinearSchedule, SmallUNet, denoise, multiscale_error
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,11 @@ def test_runner_uses_eot_for_stochastic_methods_and_certifies(tmp_path):
     with Store(tmp_path) as store:
         results, certified = store.results(status="ok"), store.certified()
     details = sorted(zip(results["method"], results["attack_detail"]))
-    assert details == [("advrad", ""), ("advrad", "eot=8"), ("diffpure-ae", "eot=8,full"), ("knn", "")]
+    # EOT, the gradient path, the surrogates that won images, and the draws each evaluated score averages
+    plain = sorted((m, ",".join(p for p in d.split(",") if not p.startswith(("won=", "eval=")))) for m, d in details)
+    assert plain == [
+        ("advrad", ""), ("advrad", "eot=8"), ("diffpure-ae", "eot=8,full"), ("knn", "")]
+    assert all(d.endswith(",eval=8") and "score:" in d for m, d in details if m != "knn")
     assert set(certified["method"]) == {"advrad"} and len(certified) == 2
 
 

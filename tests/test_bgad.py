@@ -14,10 +14,11 @@ from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.core.dataset import TrainSet, seeded_generator
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
-from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies, paste_defects
+from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies
 from robust_ad_bench.datasets.protocols import SplitSpec, make_split
-from robust_ad_bench.methods.bgad.bgad import semi_push_pull
+from robust_ad_bench.methods.bgad.augment import paste_defects
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
+from robust_ad_bench.methods.bgad.losses import semi_push_pull
 
 FEW = {"n_anomalies": 6, "known_defects": ("blob", "scratch")}
 

@@ -41,8 +41,9 @@ def assert_same_results(a, b):
 
 
 def equality_grid(out):
-    # a deterministic detector, a trained one, a stochastic certifiable one (EOT, certification), checks on
-    cfg = tiny_grid(out, methods="knn,ae,advrad", attacks="clean,pgd", classes="0")
+    # a deterministic detector, a trained one, a stochastic certifiable one (EOT, certification, a worst
+    # case re-scored from kept adversarial images), checks on; fgsm and pgd: a per-image worst case each
+    cfg = tiny_grid(out, methods="knn,ae,advrad", attacks="clean,fgsm,pgd", classes="0")
     cfg.checks.square_queries = 20
     cfg.certify.n0, cfg.certify.n = 10, 20
     return cfg
@@ -52,14 +53,14 @@ def test_local_workers_give_serial_results_bit_for_bit(tmp_path, one_thread):
     """Serial with one torch thread vs two worker processes with one thread each: identical stores."""
     serial = Runner(equality_grid(tmp_path / "serial"), executor=SerialExecutor(threads=1)).run()
     local = Runner(equality_grid(tmp_path / "local"), executor=LocalExecutor(workers=2, threads=1)).run()
-    assert (serial.computed, serial.trained, serial.checked, serial.certified) == (6, 3, 3, 1)
-    assert (local.computed, local.trained, local.checked, local.certified) == (6, 3, 3, 1)
+    assert (serial.computed, serial.trained, serial.worst, serial.checked, serial.certified) == (9, 3, 3, 3, 1)
+    assert (local.computed, local.trained, local.worst, local.checked, local.certified) == (9, 3, 3, 3, 1)
     assert serial.failed == local.failed == []
     assert_same_results(tmp_path / "serial", tmp_path / "local")
     # every model was trained once and cached by the workers; a rerun computes nothing
     assert len(list((tmp_path / "local" / "models").glob("*.pt"))) == 3
     again = Runner(equality_grid(tmp_path / "local"), executor=LocalExecutor(workers=2, threads=1)).run()
-    assert (again.computed, again.skipped, again.trained) == (0, 6, 0)
+    assert (again.computed, again.skipped, again.trained, again.worst) == (0, 9, 0, 0)
 
 
 def test_ray_gives_serial_results_bit_for_bit(tmp_path, one_thread):
@@ -118,7 +119,7 @@ def test_a_killed_worker_is_retried_then_recorded_failed(tmp_path):
 
 
 def test_execution_options_are_validated(tmp_path):
-    with pytest.raises(BenchError, match="unknown executor 'threads'.*serial, local, ray"):
+    with pytest.raises(BenchError, match="unknown executor 'threads'.*local, ray, serial"):
         make_grid_config(out=str(tmp_path), execution={"executor": "threads"})
     with pytest.raises(BenchError, match="job_timeout must be a number of seconds > 0, got -1"):
         make_grid_config(out=str(tmp_path), execution={"job_timeout": -1})

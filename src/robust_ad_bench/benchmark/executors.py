@@ -1,6 +1,7 @@
 """Where the work of a grid runs. The unit of work is one trained model (``ModelTask``), run as steps (its
-training, each job, its checks, its certificates; ``steps.run_step``) that touch no store; the driver alone
-writes the events they yield, so workers never contend for the SQLite file.
+training, each job, each per-image worst case, its checks, its certificates; ``steps.run_step``) that
+touch no store; the driver alone writes the events they yield, so workers never contend for the SQLite
+file.
 
 An executor turns tasks into a stream of events: ``run(tasks, progress, stop)``. The task iterable may
 yield ``None`` for "nothing can start now" (every remaining task is claimed by another run): the executor
@@ -37,6 +38,7 @@ from robust_ad_bench.benchmark.tasks import (  # noqa: F401  (re-exported: the e
     Step,
     StepFailed,
     Trained,
+    WorstDone,
 )
 
 

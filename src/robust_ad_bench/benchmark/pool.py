@@ -21,7 +21,6 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-import robust_ad_bench
 from robust_ad_bench.benchmark.scheduler import Outcome, ProgressFactory, StepScheduler
 from robust_ad_bench.benchmark.tasks import Step
 from robust_ad_bench.benchmark.worker import READY
@@ -33,7 +32,7 @@ STOP_SECONDS = 10.0  # how long a worker asked to stop may take before it is kil
 def _environment() -> dict[str, str]:
     """The driver's environment, with this copy of the package first on the path."""
     env = dict(os.environ, ROBUST_AD_BENCH_DRIVER_PID=str(os.getpid()))
-    root = str(Path(robust_ad_bench.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the robust_ad_bench package
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
 

@@ -33,9 +33,10 @@ from robust_ad_bench.benchmark.executors import (
     ModelTask,
     StepFailed,
     Trained,
+    WorstDone,
     make_executor,
 )
-from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key
+from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
 from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
 from robust_ad_bench.benchmark.store import Store, is_locked
 from robust_ad_bench.core.registry import METHODS
@@ -47,6 +48,7 @@ class RunSummary:
     skipped: int = 0  # already in the store
     computed: int = 0
     trained: int = 0  # models fitted (not loaded from the cache)
+    worst: int = 0  # per-image worst cases computed
     checked: int = 0  # models whose sanity checks ran
     certified: int = 0  # models certified by randomized smoothing
     failed: list[tuple[Job, str]] = field(default_factory=list)
@@ -88,13 +90,20 @@ class Runner:
             jobs = list(group)
             checks = check_key(jobs, self.cfg.checks)
             certs = certificate_key(jobs, self.cfg.certify, METHODS.get(jobs[0].method).certifiable)
+            worst = [w for w in worst_case_groups(jobs) if w.key not in auroc]
+            known_scores = {}
+            for key in {j.key for w in worst for j in w.jobs if j.key in auroc}:
+                stored = store.scores(key)
+                if stored is not None:
+                    known_scores[key] = stored[1]
             task = ModelTask(
                 jobs=jobs, pending=[job for job in jobs if job.key not in auroc],
                 known={job.key: auroc[job.key] for job in jobs if job.key in auroc},
                 check_key=checks if checks and not store.has_checks(checks) else None,
                 cert_key=certs if certs and not store.has_certified(certs) else None,
-                checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device))
-            if task.pending or task.check_key or task.cert_key:
+                checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device),
+                worst=worst, scores=known_scores, adversarial=self.out / "adversarial")
+            if task.pending or task.check_key or task.cert_key or task.worst:
                 tasks.append(task)
         # Stochastic detectors (attacked with EOT: the costliest steps by far) start first, so that on a
         # parallel executor the grid ends with short steps and no worker waits for one long tail. Results
@@ -140,18 +149,26 @@ class Runner:
 
     def refresh(self, task: ModelTask, store: Store, summary: RunSummary) -> ModelTask | None:
         """``task`` less what another run stored since the grid was read (None: nothing left)."""
-        done = store.results(status="ok", keys=[job.key for job in task.jobs])
-        known = dict(zip(done["key"], done["auroc"]))
+        done = store.results(status="ok", keys=[job.key for job in task.jobs] + [w.key for w in task.worst])
+        stored = dict(zip(done["key"], done["auroc"]))
+        known = {job.key: stored[job.key] for job in task.jobs if job.key in stored}
         for job in task.pending:
             if job.key in known:
                 summary.by_other += 1
                 summary.left -= 1
                 self.hooks.job_done(job, True)
+        worst = [w for w in task.worst if w.key not in stored]
+        scores = dict(task.scores)
+        for key in {j.key for w in worst for j in w.jobs if j.key in known and j.key not in scores}:
+            found = store.scores(key)
+            if found is not None:
+                scores[key] = found[1]
         fresh = dataclasses.replace(
-            task, pending=[job for job in task.jobs if job.key not in known], known=known,
+            task, pending=[job for job in task.jobs if job.key not in known], known=known, worst=worst,
+            scores=scores,
             check_key=task.check_key if task.check_key and not store.has_checks(task.check_key) else None,
             cert_key=task.cert_key if task.cert_key and not store.has_certified(task.cert_key) else None)
-        return fresh if fresh.pending or fresh.check_key or fresh.cert_key else None
+        return fresh if fresh.pending or fresh.check_key or fresh.cert_key or fresh.worst else None
 
     def write(self, fn: Callable, *args: object) -> object:
         """Call ``fn`` (a store write); while another process keeps the store locked past its busy
@@ -183,9 +200,20 @@ class Runner:
             if event.traceback:
                 self.log_failure(event.job, event.traceback)
             self.hooks.job_done(event.job, ok)
+        elif isinstance(event, WorstDone):
+            store.put(event.result)
+            if event.result.status == "ok":
+                summary.worst += 1
+            else:
+                summary.failed.append((event.job, f"worst case: {event.result.error}"))
+            if event.traceback:
+                self.log_failure(event.job, event.traceback)
         elif isinstance(event, ChecksDone):
             store.put_checks(event.rows)
             summary.checked += 1
+            if event.error:  # stored as a failed check (flagged); reported, and the grid goes on
+                self.log_failure(event.job, event.traceback)
+                summary.failed.append((event.job, event.error))
         elif isinstance(event, CertifiedDone):
             store.put_certified(event.rows)
             summary.certified += 1

@@ -3,7 +3,8 @@ back into events.
 
 A model's training runs first; its jobs are then independent steps (any free worker takes one, and the
 model comes from the worker's memory, the model cache or a shipped state dict, never from a retraining);
-its checks and certificates follow once all its jobs succeeded. A new task is taken from the task source
+a per-image worst case follows once the jobs it combines succeeded; its checks and certificates
+follow once all its jobs succeeded. A new task is taken from the task source
 only when a worker would otherwise sit idle, so a task is claimed just before it starts. The backend runs
 steps: in this process (serial), in worker processes (local) or as Ray tasks (ray).
 
@@ -20,7 +21,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from robust_ad_bench.benchmark.evaluation import job_result
+from robust_ad_bench.benchmark.steps import checks_failed, worst_failed
 from robust_ad_bench.benchmark.tasks import (
     Event,
     JobDone,
@@ -66,6 +70,8 @@ class _Model:
     trained: bool = False
     model: Any = None
     auroc: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # test scores of its jobs (for worst cases)
+    worst_started: set[str] = field(default_factory=set)  # keys of the worst cases queued
     failed: bool = False  # a job failed: no checks or certificates
     finished: bool = False
 
@@ -142,6 +148,7 @@ class StepScheduler:
                 return False, True
             model = _Model(task)
             model.auroc.update(task.known)
+            model.scores.update(task.scores)
             model.ready.append(Step("train", task))
             models.append(model)
 
@@ -183,6 +190,8 @@ class StepScheduler:
         elif isinstance(event, JobDone):
             if event.result.status == "ok":
                 model.auroc[event.job.key] = event.result.metrics["auroc"]
+                if event.result.scores is not None:
+                    model.scores[event.job.key] = event.result.scores
             else:
                 model.failed = True
             yield event
@@ -192,8 +201,14 @@ class StepScheduler:
             self._after_jobs(model)
 
     def _after_jobs(self, model: _Model) -> None:
-        """Once every job of a model has its AUROC, its checks and certificates can run."""
+        """A worst case can run once the jobs it combines have their scores; the checks and certificates
+        once every job of the model has its AUROC."""
         task = model.task
+        for group in task.worst:
+            if group.key not in model.worst_started and all(job.key in model.scores for job in group.jobs):
+                model.worst_started.add(group.key)
+                model.ready.append(Step("worst", task, group=group,
+                                        scores={job.key: model.scores[job.key] for job in group.jobs}))
         if model.failed or any(s.kind == "job" for s in model.ready) or any(
                 job.key not in model.auroc for job in task.jobs):
             return
@@ -217,6 +232,10 @@ class StepScheduler:
         elif step.kind == "job":
             model.failed = True
             yield JobDone(step.job, job_result(step.job, "failed", error=message), trace)
+        elif step.kind == "worst":
+            yield worst_failed(step, message, trace)
+        elif step.kind == "checks":
+            yield checks_failed(step, message, trace)
         else:
             yield StepFailed(task.first, message, trace)
 

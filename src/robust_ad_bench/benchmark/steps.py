@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-from robust_ad_bench.benchmark.evaluation import evaluate_job, job_result, model_certificates, model_checks
+from robust_ad_bench.benchmark.checks import ERROR, CheckResult
+from robust_ad_bench.benchmark.evaluation import (
+    attack_job,
+    check_rows,
+    job_result,
+    model_certificates,
+    model_checks,
+    model_worst_case,
+)
 from robust_ad_bench.benchmark.model_cache import ModelCache
 from robust_ad_bench.benchmark.runtime import resolve_device
 from robust_ad_bench.benchmark.tasks import (
@@ -33,7 +41,9 @@ from robust_ad_bench.benchmark.tasks import (
     StepFailed,
     StepResult,
     Trained,
+    WorstDone,
 )
+from robust_ad_bench.benchmark.worst_case import AdversarialImages
 from robust_ad_bench.core.dataset import Split
 from robust_ad_bench.core.detector import Detector, ProgressFn
 from robust_ad_bench.core.registry import load_plugin_file, loaded_plugin_files
@@ -117,17 +127,30 @@ def run_step(step: Step, state: dict[str, torch.Tensor] | None = None, ship: boo
         message = f"could not load the trained model: {type(exc).__name__}: {exc}"
         if step.kind == "job":
             return JobDone(step.job, job_result(step.job, "failed", error=message), trace(exc)), None
+        if step.kind == "worst":
+            return worst_failed(step, message, trace(exc)), None
         return StepFailed(first, f"{step.kind} failed: {message}", trace(exc)), None
     device = resolve_device(task.device)
     if step.kind == "job":
         job = step.job
         try:
-            result = evaluate_job(job, detector, split, device)
+            result, x_adv = attack_job(job, detector, split, device)
         except Exception as exc:
             return JobDone(job, job_result(job, "failed", seconds=time.perf_counter() - start,
                                            error=f"{type(exc).__name__}: {exc}"), trace(exc)), None
         result.seconds = time.perf_counter() - start
+        if detector.stochastic and job.norm != "none":  # kept to re-score its worst case with fresh draws
+            with contextlib.suppress(OSError):  # not kept: the worst case attacks again from the job's seed
+                AdversarialImages(task.adversarial).save(job.key, split.test.to(device), x_adv, job.eps)
         return JobDone(job, result), None
+    if step.kind == "worst":
+        try:
+            result = model_worst_case(step.group, detector, split, step.scores or {},
+                                      AdversarialImages(task.adversarial), device)
+        except Exception as exc:
+            return worst_failed(step, f"{type(exc).__name__}: {exc}", trace(exc), time.perf_counter() - start), None
+        result.seconds = time.perf_counter() - start
+        return WorstDone(step.group.job(), result), None
     try:
         if step.kind == "checks":
             return ChecksDone(first, model_checks(task.jobs, task.check_key, step.figures, detector, split,
@@ -135,5 +158,21 @@ def run_step(step: Step, state: dict[str, torch.Tensor] | None = None, ship: boo
         return CertifiedDone(first, model_certificates(task.jobs, task.cert_key, detector, split, task.certify,
                                                        device)), None
     except Exception as exc:  # reported, and the grid goes on
-        word = "checks" if step.kind == "checks" else "certify"
-        return StepFailed(first, f"{word} failed: {type(exc).__name__}: {exc}", trace(exc)), None
+        if step.kind == "checks":
+            return checks_failed(step, f"checks failed: {type(exc).__name__}: {exc}", trace(exc)), None
+        return StepFailed(first, f"certify failed: {type(exc).__name__}: {exc}", trace(exc)), None
+
+
+def worst_failed(step: Step, message: str, trace_text: str = "", seconds: float = 0.0) -> WorstDone:
+    """A worst case that could not be computed, stored as a failed row of its own."""
+    job = step.group.job()
+    return WorstDone(job, job_result(job, "failed", seconds=seconds, error=message, config=step.group.config),
+                     trace_text)
+
+
+def checks_failed(step: Step, message: str, trace_text: str = "") -> ChecksDone:
+    """Checks that raised, timed out or lost their worker: stored as one failed check (so the leaderboard
+    flags the model) that says ``message``."""
+    task = step.task
+    rows = check_rows(task.jobs, task.check_key, [CheckResult("*", f"{ERROR}:checks", False, detail=message)])
+    return ChecksDone(task.first, rows, error=message, traceback=trace_text)

@@ -217,11 +217,17 @@ class Store:
         return self.conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (key,)).fetchone() is not None
 
     def has_checks(self, check_key: str) -> bool:
-        return self._has("checks", "check_key", check_key)
+        """Whether the checks of ``check_key`` are stored and none of them raised (those are run again)."""
+        rows = self.conn.execute("SELECT name FROM checks WHERE check_key = ?", (check_key,)).fetchall()
+        return bool(rows) and not any(name.startswith("error:") for (name,) in rows)
 
     def put_checks(self, rows: list[CheckRow]) -> None:
-        """All checks of one model, in one transaction."""
-        self._insert("checks", CHECK_COLUMNS, [astuple(r) for r in rows])
+        """All checks of one model, in one transaction; they replace earlier rows of the same check key."""
+        with self.conn:
+            for key in {r.check_key for r in rows}:
+                self.conn.execute("DELETE FROM checks WHERE check_key = ?", (key,))
+            self.conn.executemany(f"INSERT OR REPLACE INTO checks ({', '.join(CHECK_COLUMNS)}) "
+                                  f"VALUES ({', '.join('?' * len(CHECK_COLUMNS))})", [astuple(r) for r in rows])
 
     def checks(self) -> pd.DataFrame:
         frame = pd.read_sql_query(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks", self.conn)

@@ -5,7 +5,8 @@
   ``x`` is always a float tensor in [0, 1], N×C×H×W; normalization happens inside (``normalize``),
   so every eps is in pixel units and means the same for all methods.
 - ``anomaly_map(x) -> Tensor[N, H, W]`` (optional) for pixel metrics.
-- Flags read by the attack suite: ``stochastic``, ``purifies``, ``needs_anomalies``, ``certifiable``.
+- Flags read by the attack suite: ``stochastic``, ``purifies``, ``needs_anomalies``, ``certifiable``;
+  ``surrogates()`` names smooth objectives that gradient attacks also follow.
 - Hyper-parameters are the fields of the ``Config`` dataclass; ``state_dict()`` restores a trained model.
 """
 
@@ -27,16 +28,6 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 @dataclass
 class DetectorConfig:
     """Base of method configs. Subclasses add their hyper-parameters as fields with defaults."""
-
-
-@dataclass
-class TrainConfig(DetectorConfig):
-    """Config of methods trained by ``Detector.train_loop`` (Adam over shuffled minibatches)."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
 
 
 class Detector(nn.Module):
@@ -89,6 +80,16 @@ class Detector(nn.Module):
         """Differentiable stand-in for ``purify`` on the backward pass of BPDA (identity by default)."""
         return x
 
+    def surrogates(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Named smooth stand-ins for ``score`` that every gradient attack also follows (Tramer et al., 2020).
+
+        A score that saturates (exp of a log-likelihood), takes a max over pixels or clips has zero or
+        purely local gradients; declare here per-sample objectives of the same direction as ``score``
+        (higher = more anomalous), e.g. the log-likelihood pooled by logsumexp, or a top-k mean through a
+        straight-through clip. The attack keeps, per image, the candidate that is best on the true score,
+        so a poor surrogate costs time, never strength. Default: none."""
+        return {}
+
     @classmethod
     def has_anomaly_map(cls) -> bool:
         return cls.anomaly_map is not Detector.anomaly_map
@@ -113,35 +114,6 @@ class Detector(nn.Module):
     def report(self, done: int, total: int, message: str = "") -> None:
         if self.progress is not None:
             self.progress(done, total, message)
-
-    def train_loop(
-        self,
-        images: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
-        params: list[nn.Parameter] | None = None,
-    ) -> list[float]:
-        """Adam over shuffled minibatches of ``images`` with the ``TrainConfig`` fields of the method's
-        config; returns the mean loss of each epoch."""
-        c: TrainConfig = self.config
-        epochs, batch_size = c.epochs, c.batch_size
-        images = images.to(self.device)
-        optimizer = torch.optim.Adam(params or list(self.parameters()), lr=c.lr, weight_decay=c.weight_decay)
-        history: list[float] = []
-        n = len(images)
-        for epoch in range(epochs):
-            self.train()
-            total, count = 0.0, 0
-            for idx in torch.randperm(n, device=images.device).split(batch_size):
-                loss = loss_fn(images[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            history.append(total / max(count, 1))
-            self.report(epoch + 1, epochs, f"loss {history[-1]:.4f}")
-        self.eval()
-        return history
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def restore(self, state: dict[str, torch.Tensor]) -> None:

@@ -13,9 +13,10 @@ import torch
 
 from robust_ad_bench.attacks.gradient import pgd
 from robust_ad_bench.core.dataset import TrainSet
-from robust_ad_bench.core.detector import Detector, TrainConfig
+from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import register_method
-from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
+from robust_ad_bench.methods.common.networks import ConvDecoder, ConvEncoder
+from robust_ad_bench.methods.common.training import TrainConfig, train_on_images, training_eps
 
 
 @dataclass
@@ -54,7 +55,7 @@ class AutoEncoder(Detector):
 
     def fit(self, train: TrainSet) -> None:
         self.set_input_stats(train.images.to(self.device))
-        self.train_loop(train.images, self.training_loss)
+        train_on_images(self, train.images, self.training_loss)
 
 
 @dataclass
@@ -72,8 +73,7 @@ class AdversarialAutoEncoder(AutoEncoder):
     adversarially_trained = True
 
     def fit(self, train: TrainSet) -> None:
-        default = max(train.default_eps.get("linf", (8 / 255,)))
-        self.train_eps = self.config.train_eps if self.config.train_eps is not None else default
+        self.train_eps = training_eps(train, self.config.train_eps)
         super().fit(train)
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:

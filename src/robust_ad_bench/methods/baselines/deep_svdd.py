@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from robust_ad_bench.core.dataset import TrainSet
-from robust_ad_bench.core.detector import Detector, TrainConfig
+from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import register_method
-from robust_ad_bench.methods.nets import ConvEncoder
+from robust_ad_bench.methods.common.networks import ConvEncoder
+from robust_ad_bench.methods.common.training import TrainConfig, train_on_images
 
 
 @dataclass
@@ -43,4 +44,4 @@ class DeepSVDD(Detector):
             center[(center.abs() < 0.1) & (center < 0)] = -0.1
             center[(center.abs() < 0.1) & (center >= 0)] = 0.1
             self.center.copy_(center)
-        self.train_loop(images, lambda x: self.score(x).mean())
+        train_on_images(self, images, lambda x: self.score(x).mean())

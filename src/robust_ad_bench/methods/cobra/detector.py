@@ -8,12 +8,13 @@
 - ``cobra``: three attacks per batch (intra-group, opposite-pair, transformation classification) and
   multi-positive NT-Xent over [view 1, view 2, intra copy, opposite copy] + cross-entropy of the
   transformation classifier on clean and attacked views.
-All three share the encoder and the CSI-style score over the training feature bank.
+All three share the encoder and the CSI-style score over the training feature bank. The score takes a max
+over the bank (one bank row gets the gradient at a time): attacks also follow its surrogate ``bank-lse``,
+the same score with a logsumexp over the bank.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,17 @@ from robust_ad_bench.methods.cobra.pseudo_anomalies import (
     random_flip,
     simclr_augment,
 )
-from robust_ad_bench.methods.cobra.training import OPTIMIZERS, make_optimizer, set_learning_rate
-from robust_ad_bench.methods.encoders import ENCODERS, encoder_for
+from robust_ad_bench.methods.common.networks import ENCODERS, encoder_for
+from robust_ad_bench.methods.common.surrogates import relative_smooth_max
+from robust_ad_bench.methods.common.training import (
+    OPTIMIZERS,
+    MinibatchTrainer,
+    Stream,
+    make_optimizer,
+    steps_per_epoch,
+    training_eps,
+    warmup_cosine_schedule,
+)
 
 
 @dataclass
@@ -48,8 +58,9 @@ class ContrastiveConfig(DetectorConfig):
     blocks: tuple[int, ...] = (1, 1)
     stem_stride: int = 2  # 2: the ResNet's CIFAR stem halves the resolution (cheaper); 1 as ResNet-18
     proj_dim: int = 128
-    # pseudo-anomalies: "rotation" (4 groups), "scar" (2 groups), "auto" (rotation when rotated training
-    # images lie clearly off the training set, see ``auto_rotation_threshold``; else scar)
+    # pseudo-anomalies: "rotation" (4 groups; on non-square images the 90° and 270° turns are resized back
+    # to H×W, see ``quarter_turn``), "scar" (2 groups), "auto" (rotation when rotated training images lie
+    # clearly off the training set, see ``auto_rotation_threshold``; else scar)
     pseudo_anomaly: str = "auto"
     auto_rotation_threshold: float = 2.0
     scar_size: tuple[float, float] = (7 / 224, 40 / 224)  # strip sides as fractions of the image side
@@ -140,12 +151,16 @@ class Contrastive(Detector):
         own = logits[torch.arange(groups), :, torch.arange(groups)]  # logit of each group's own class
         return z, own
 
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, smooth: bool = False) -> torch.Tensor:
         z, own = self._group_features(x)
         # max cosine similarity to the bank times the feature norm = max inner product with unit bank rows
-        sim = torch.einsum("gnd,gmd->gnm", z, self.bank).max(2).values
+        sims = torch.einsum("gnd,gmd->gnm", z, self.bank)
+        sim = relative_smooth_max(sims.flatten(0, 1)).view(sims.shape[:2]) if smooth else sims.max(2).values
         normality = sim * self.weight_sim[:, None] + own * self.weight_cls[:, None]
         return -normality.mean(0)
+
+    def surrogates(self) -> dict:
+        return {"bank-lse": lambda x: self.score(x, smooth=True)}
 
     @torch.no_grad()
     def _build_bank(self, images: torch.Tensor) -> None:
@@ -167,22 +182,11 @@ class Contrastive(Detector):
         self.uses_rotation.fill_(int(kind == "rotation"))
         self._resize_classifier(num_groups(kind))
         self.prepare_training(train)
-        optimizer = make_optimizer(c.optimizer, self.encoder, c.lr, c.weight_decay)
-        n = len(images)
-        steps_per_epoch = math.ceil(n / c.batch_size)
-        total = c.epochs * steps_per_epoch
-        self.train()
-        for epoch in range(c.epochs):
-            running = 0.0
-            for i, idx in enumerate(torch.randperm(n, device=images.device).split(c.batch_size)):
-                set_learning_rate(optimizer, c.lr, epoch * steps_per_epoch + i, total,
-                                  c.warmup_epochs * steps_per_epoch)
-                loss = self.training_loss(images[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += float(loss.detach())
-            self.report(epoch + 1, c.epochs, f"loss {running / steps_per_epoch:.4f}")
+        optimizer = make_optimizer(self.encoder.parameters(), c.lr, c.weight_decay, kind=c.optimizer)
+        steps = steps_per_epoch(len(images), c.batch_size)
+        schedule = warmup_cosine_schedule(optimizer, c.epochs * steps, warmup=c.warmup_epochs * steps)
+        trainer = MinibatchTrainer(self, c.epochs, c.batch_size, report=self.report)
+        trainer.run(Stream((images,), self.training_loss, optimizer, schedule))
         self._build_bank(images)
 
     def _resize_classifier(self, groups: int) -> None:
@@ -226,8 +230,7 @@ class ContrastiveAT(Contrastive):
     adversarially_trained = True
 
     def prepare_training(self, train: TrainSet) -> None:
-        default = max(train.default_eps.get("linf", (8 / 255,)))
-        self.train_eps = self.config.train_eps if self.config.train_eps is not None else default
+        self.train_eps = training_eps(train, self.config.train_eps)
 
     def attack(self, objective, x: torch.Tensor) -> torch.Tensor:
         """Linf PGD maximizing ``objective`` per sample, model in eval mode (frozen batch-norm statistics)."""

@@ -12,7 +12,9 @@ one-step adversarial perturbation of the projected features.
 The score contains its own gradient step. With ``attack_through_inner_step`` (default) that step is
 differentiated when the input requires grad (double backpropagation, ``create_graph=True``), so a
 white-box attack sees the whole score; switched off, the step is a constant for the attacker (a weaker
-attack, kept to show the difference). ``sla`` is the ablation without the perturbation (ε = 0).
+attack, kept to show the difference). ``sla`` is the ablation without the perturbation (ε = 0). The
+softmax saturates on confident predictions: attacks also follow the surrogate ``log-loss``, the mean
+cross-entropy −log p_k(k) of the perturbed projections (the same direction, no saturation).
 
 ε: the authors step on the gradient of a *batch mean* of cross-entropies (batch 128, ε = 1000 on
 CIFAR-10), i.e. ε/128 per feature. Ours uses the per-feature gradient (a sum), so it does not depend on
@@ -22,7 +24,6 @@ the batch size: ``perturbation`` = ε_paper / 128 (1000 → 7.8125).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,14 @@ from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector, DetectorConfig
 from robust_ad_bench.core.errors import unknown_choice
 from robust_ad_bench.core.registry import register_method
-from robust_ad_bench.methods.backbones import BACKBONES, PretrainedFeatures, fit_by_reconstruction, local_weights
-from robust_ad_bench.methods.nets import ConvEncoder
+from robust_ad_bench.methods.common.backbones import (
+    BACKBONES,
+    PretrainedFeatures,
+    fit_by_reconstruction,
+    local_weights,
+)
+from robust_ad_bench.methods.common.networks import ConvEncoder
+from robust_ad_bench.methods.common.training import MinibatchTrainer, Stream, make_optimizer
 
 FEATURES = ("auto", "pixels", "autoencoder", *BACKBONES)
 PAPER_BATCH = 128  # batch over which the authors' scoring loss is averaged
@@ -100,13 +107,28 @@ class PseudoClassifier(nn.Module):
         return self.net(z)
 
 
+class RunningAccuracy:
+    """Share of correct predictions over all training batches so far (SLA²P's early stop)."""
+
+    def __init__(self) -> None:
+        self.correct = self.seen = self.batches = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.seen += len(labels)
+        self.batches += 1
+
+    @property
+    def value(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
 @register_method("sla2p")
 class SLA2P(Detector):
     """SLA²P: random-projection pseudo-classes, scored after a one-step adversarial feature perturbation."""
 
     Config = SLA2PConfig
     version = "1"
-    inner_gradient: ClassVar[bool] = True  # the score takes a gradient step itself (double backprop)
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -162,20 +184,27 @@ class SLA2P(Detector):
             (grad,) = torch.autograd.grad(loss, inner, create_graph=through)
         return z + self.config.perturbation * grad
 
-    def _score_rows(self, z: torch.Tensor) -> torch.Tensor:
+    def _score_rows(self, z: torch.Tensor, log_loss: bool = False) -> torch.Tensor:
         n, k, d = z.shape
         rows = z.reshape(n * k, d)
         if self.config.perturbation > 0:
             rows = self.perturb(rows)
-        probs = self.classifier(rows).softmax(1).view(n, k, k)
+        logits = self.classifier(rows)
+        if log_loss:  # the surrogate: cross-entropy of each projection's own pseudo-label
+            own = torch.arange(k, device=z.device).repeat(n)
+            return F.cross_entropy(logits, own, reduction="none").view(n, k).mean(1)
+        probs = logits.softmax(1).view(n, k, k)
         target = torch.eye(k, device=z.device, dtype=z.dtype)  # projection k has pseudo-label k
         return (probs - target).pow(2).mean(2).mean(1)
 
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, log_loss: bool = False) -> torch.Tensor:
         z = self.project(self.features(x))
         chunk = max(1, MAX_ROWS // self.config.n_projections)
         # chunks of samples only bound memory: in eval mode every row is scored independently
-        return torch.cat([self._score_rows(part) for part in z.split(chunk)])
+        return torch.cat([self._score_rows(part, log_loss) for part in z.split(chunk)])
+
+    def surrogates(self) -> dict:
+        return {"log-loss": lambda x: self.score(x, log_loss=True)}
 
     # -- training --------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> SLA2P:
@@ -198,7 +227,7 @@ class SLA2P(Detector):
         """Train the encoder as half of an autoencoder on the normal data (MSE), then freeze it."""
         c = self.config
         fit_by_reconstruction(self.encoder, self.normalize(images), c.encoder_width, c.encoder_latent,
-                              epochs=c.encoder_epochs, lr=1e-3)
+                              epochs=c.encoder_epochs, lr=1e-3, report=self.report)
         self.encoder.requires_grad_(False)
 
     def _fit_classifier(self, feats: torch.Tensor) -> None:
@@ -208,30 +237,21 @@ class SLA2P(Detector):
         k = c.n_projections
         rows = self.project(feats).reshape(-1, c.projection_dim)
         labels = torch.arange(k, device=rows.device).repeat(len(feats))
-        optimizer = torch.optim.Adam(self.classifier.parameters(), lr=c.lr, eps=1e-7,
-                                     weight_decay=c.weight_decay)
-        self.classifier.train()
-        correct, seen, steps = 0, 0, 0
-        for epoch in range(c.max_epochs):
-            for idx in torch.randperm(len(rows), device=rows.device).split(c.batch_size):
-                if len(idx) < 2:  # batch norm needs two samples
-                    continue
-                logits = self.classifier(rows[idx])
-                loss = F.cross_entropy(logits, labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                correct += int((logits.detach().argmax(1) == labels[idx]).sum())
-                seen += len(idx)
-                steps += 1
-                if correct / seen > c.accuracy_threshold:
-                    break
-            self.report(epoch + 1, c.max_epochs, f"running accuracy {correct / max(seen, 1):.3f}")
-            if seen and correct / seen > c.accuracy_threshold:
-                break
-        self.train_accuracy.fill_(correct / max(seen, 1))
-        self.train_steps.fill_(steps)
-        self.classifier.eval()
+        optimizer = make_optimizer(self.classifier.parameters(), c.lr, c.weight_decay, eps=1e-7)
+        accuracy = RunningAccuracy()
+
+        def loss(batch: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
+            logits = self.classifier(batch)
+            accuracy.add(logits.detach(), batch_labels)
+            return F.cross_entropy(logits, batch_labels)
+
+        trainer = MinibatchTrainer(self.classifier, c.max_epochs, c.batch_size, report=self.report,
+                                   describe=lambda _: f"running accuracy {accuracy.value:.3f}",
+                                   stop=lambda: accuracy.value > c.accuracy_threshold,
+                                   min_batch=2)  # batch norm needs two samples
+        trainer.run(Stream((rows, labels), loss, optimizer))
+        self.train_accuracy.fill_(accuracy.value)
+        self.train_steps.fill_(accuracy.batches)
 
 
 @dataclass
@@ -244,7 +264,6 @@ class SLA(SLA2P):
     """SLA: the SLA²P ablation without the adversarial perturbation (pseudo-class uncertainty only)."""
 
     Config = SLAConfig
-    inner_gradient = False
 
 
 @dataclass
@@ -257,5 +276,4 @@ class SLA2PConstantInner(SLA2P):
     """SLA²P scored the same, but attacks treat its inner gradient step as a constant (weaker attack)."""
 
     Config = SLA2PConstantInnerConfig
-    inner_gradient = False
     hidden = True  # a diagnostic of the attack on sla2p, not a separate detector

@@ -5,25 +5,31 @@ folder named by ``ROBUST_AD_BENCH_WEIGHTS``, else from torchvision's own cache (
 checkpoints``), under torchvision's file names (``resnet50-<hash>.pth``); otherwise a clear error says
 where to put them.
 
+- ``ImageNetFeatures``: the base of the two pretrained extractors: loads a torchvision model with local
+  weights, keeps it frozen (always in eval mode), and owns the one input path (gray → RGB, bilinear resize,
+  ImageNet normalization).
 - ``TorchvisionFeatures``: an ImageNet-pretrained torchvision CNN, cut after a few stages (multi-level maps).
 - ``PretrainedFeatures``: the average-pool vector of a frozen torchvision ResNet.
-- ``PretextFeatures``: without pretrained weights, a small convolutional encoder trained on the normal
-  training images by the autoencoder pretext (reconstruct the image), then frozen. Its stage outputs are
-  the feature levels.
-Both take images in [0, 1] and normalize inside, so attacks and eps stay in pixel units.
+- ``PretextFeatures``: without pretrained weights, a small ``ConvEncoder`` trained on the normal
+  training images by the autoencoder pretext (``fit_by_reconstruction``), then frozen. Its stage outputs
+  are the feature levels.
+All take images in [0, 1] and normalize inside, so attacks and eps stay in pixel units.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_ad_bench.core.detector import ProgressFn
 from robust_ad_bench.core.errors import BenchError, unknown_choice
-from robust_ad_bench.methods.nets import ConvDecoder, ConvEncoder
+from robust_ad_bench.methods.common.networks import ConvDecoder, ConvEncoder
+from robust_ad_bench.methods.common.training import MinibatchTrainer, Stream, make_optimizer
 
 # stage modules whose outputs are the feature levels (strides 4, 8, 16 of the input)
 TORCHVISION_STAGES: dict[str, tuple[str, ...]] = {
@@ -71,61 +77,102 @@ def find_weights(name: str, weights: str = "") -> Path:
     return found
 
 
-class TorchvisionFeatures(nn.Module):
+class ImageNetFeatures(nn.Module):
+    """Base of the frozen ImageNet-pretrained extractors: ``load_pretrained`` a torchvision model with local weights;
+    ``preprocess`` maps images in [0, 1] (1 or 3 channels) to the model's input."""
+
+    # whether the ImageNet statistics are saved in ``state_dict``: checkpoints of ``TorchvisionFeatures``
+    # (BGAD) hold them, those of ``PretrainedFeatures`` (SLA²P) do not; kept so cached models still load
+    saves_input_stats: ClassVar[bool] = False
+
+    def __init__(self, image_size: int) -> None:
+        super().__init__()
+        self.image_size = image_size
+        saved = self.saves_input_stats
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=saved)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=saved)
+
+    @staticmethod
+    def load_pretrained(name: str, weights: str = "") -> nn.Module:
+        """torchvision model ``name`` in eval mode with its local ImageNet weights (a missing file fails
+        before the model is built)."""
+        import torchvision  # only imported when a pretrained backbone is used
+
+        path = find_weights(name, weights)
+        model = torchvision.models.get_model(name, weights=None)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Gray → RGB (the same value in the three channels), bilinear resize to ``image_size`` (differentiable),
+        ImageNet normalization."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+    def train(self, mode: bool = True) -> ImageNetFeatures:
+        return super().train(False)  # frozen: batch-norm statistics never move
+
+
+class TorchvisionFeatures(ImageNetFeatures):
     """A frozen ImageNet CNN from torchvision; outputs the feature maps of three stages."""
 
+    saves_input_stats = True
+
     def __init__(self, name: str, weights: str = "", image_size: int = 256) -> None:
-        super().__init__()
-        import torchvision
+        super().__init__(image_size)
         from torchvision.models.feature_extraction import create_feature_extractor
 
         if name not in TORCHVISION_STAGES:
             raise unknown_choice("torchvision backbone", name, [*TORCHVISION_STAGES, "pretext"])
-        path = find_weights(name, weights)  # first: a missing file fails before building the model
-        model = torchvision.models.get_model(name, weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
         stages = TORCHVISION_STAGES[name]
-        self.body = create_feature_extractor(model.eval(), {s: s for s in stages})
-        self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.body = create_feature_extractor(self.load_pretrained(name, weights), {s: s for s in stages})
         self.requires_grad_(False)
         with torch.no_grad():
             probe = self.body(torch.zeros(1, 3, image_size, image_size))
         self.channels = [v.shape[1] for v in probe.values()]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)  # gray images: the same value in the three channels
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return list(self.body((x - self.mean) / self.std).values())
+        return list(self.body(self.preprocess(x)).values())
+
+
+class PretrainedFeatures(ImageNetFeatures):
+    """Average-pool features of a frozen torchvision ResNet at ``size`` px."""
+
+    def __init__(self, name: str, size: int = 224) -> None:
+        super().__init__(size)
+        if name not in BACKBONES:
+            raise unknown_choice("backbone", name, BACKBONES)
+        net = self.load_pretrained(name)
+        net.fc = nn.Identity()
+        self.net = net.requires_grad_(False)
+        self.out_features = BACKBONES[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(x))
 
 
 def fit_by_reconstruction(encoder: ConvEncoder, x: torch.Tensor, width: int, latent: int, *, epochs: int,
-                          lr: float, weight_decay: float = 0.0, batch_size: int = 64) -> list[float]:
+                          lr: float, weight_decay: float = 0.0, batch_size: int = 64,
+                          report: ProgressFn | None = None) -> list[float]:
     """Train ``encoder`` with a throw-away ``ConvDecoder`` to reconstruct ``x`` (already normalized), by
     MSE with Adam; returns the mean loss of each epoch. The caller freezes the encoder afterwards."""
     decoder = ConvDecoder(tuple(x.shape[1:]), width, latent).to(x.device)
     encoder.requires_grad_(True)
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr, weight_decay=weight_decay)
-    history = []
-    for _ in range(epochs):
-        total = 0.0
-        for idx in torch.randperm(len(x), device=x.device).split(batch_size):
-            loss = (decoder(encoder(x[idx])) - x[idx]).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        history.append(total / len(x))
-    return history
+    autoencoder = nn.Sequential(encoder, decoder)
+    optimizer = make_optimizer(autoencoder.parameters(), lr, weight_decay)
+    trainer = MinibatchTrainer(autoencoder, epochs, batch_size, report=report,
+                               describe=lambda loss: f"pretext reconstruction loss {loss:.4f}")
+    return trainer.run(Stream((x,), lambda batch: (autoencoder(batch) - batch).pow(2).mean(), optimizer))
 
 
 class PretextFeatures(nn.Module):
     """A ``ConvEncoder`` trained by reconstruction on normal images; the outputs of its last ``levels``
-    convolution stages (for 32×32 inputs: 16×16, 8×8 and 4×4) are the feature levels."""
+    convolution stages (for 32×32 inputs: 16×16, 8×8 and 4×4) are the feature levels. They cover the image
+    padded by ``padding`` (25×25: padded to 28×28, levels 28, 14 and 7 px); ``padding.crop`` of a map
+    upsampled to ``padding.padded`` is aligned with the image."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = 8, levels: int = 3) -> None:
         super().__init__()
@@ -136,58 +183,26 @@ class PretextFeatures(nn.Module):
         self.levels = min(levels, stages)
         self.first = stages - self.levels
         self.channels = [width * 2**i for i in range(self.first, stages)]
+        self.padding = self.encoder.padding
         self.register_buffer("mean", torch.zeros(1, image_shape[0], 1, 1))
         self.register_buffer("std", torch.ones(1, image_shape[0], 1, 1))
 
-    def fit(self, images: torch.Tensor, epochs: int, lr: float, batch_size: int = 64) -> list[float]:
+    def fit(self, images: torch.Tensor, epochs: int, lr: float, batch_size: int = 64,
+            report: ProgressFn | None = None) -> list[float]:
         """Train encoder + a throw-away decoder to reconstruct ``images``; then freeze the encoder."""
         self.mean.copy_(images.mean((0, 2, 3), keepdim=True))
         self.std.copy_(images.std((0, 2, 3), keepdim=True).clamp_min(1e-3))
         history = fit_by_reconstruction(self.encoder, (images - self.mean) / self.std, self.width, latent=16,
-                                        epochs=epochs, lr=lr, weight_decay=1e-5, batch_size=batch_size)
+                                        epochs=epochs, lr=lr, weight_decay=1e-5, batch_size=batch_size,
+                                        report=report)
         self.requires_grad_(False)
         return history
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h = (x - self.mean) / self.std
+        h = self.padding.pad((x - self.mean) / self.std)
         out = []
         for i, layer in enumerate(self.encoder.features):
             h = layer(h)
             if i % 2 == 1 and i // 2 >= self.first:  # after each activation of the kept stages
                 out.append(h)
         return out
-
-
-class PretrainedFeatures(nn.Module):
-    """Average-pool features of a frozen torchvision ResNet at ``size`` px.
-
-    Input: images in [0, 1], N×C×H×W with C = 1 or 3 (gray is repeated to RGB); resized with bilinear
-    interpolation (differentiable) and normalized with the ImageNet statistics inside.
-    """
-
-    def __init__(self, name: str, size: int = 224) -> None:
-        super().__init__()
-        import torchvision  # only imported when a pretrained backbone is used
-
-        if name not in BACKBONES:
-            raise unknown_choice("backbone", name, BACKBONES)
-        path = find_weights(name)
-        net = getattr(torchvision.models, name)(weights=None)
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        net.fc = nn.Identity()
-        self.net = net.eval().requires_grad_(False)
-        self.size = size
-        self.out_features = BACKBONES[name]
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> PretrainedFeatures:
-        super().train(mode)
-        self.net.eval()  # frozen: batch-norm statistics never move
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.net((x - self.mean) / self.std)

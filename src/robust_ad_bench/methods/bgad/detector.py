@@ -7,14 +7,15 @@ boundary ``b_n`` is the β-quantile of the batch's normal ``l / normalizer`` (th
 it), ``b_a = b_n − τ``, and the loss adds mean(b_n − l) over normals below b_n (pull) and
 mean(l − b_a) over anomalous vectors above b_a (push).
 Score: per level exp(l − max training l), upsampled and summed; map = levels − sum; image score = max.
+Surrogates for the attacks (the exp saturates: its gradient is exactly 0 in float32 once l − max < −103,
+and the max moves one pixel a step): the per-pixel negative log-likelihood map, pooled by logsumexp
+(``nll-lse``) or by the mean of its top 5 % (``nll-top5``).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,19 @@ from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector, DetectorConfig
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_method
-from robust_ad_bench.datasets.few_anomalies import paste_defects
-from robust_ad_bench.methods.backbones import PretextFeatures, TorchvisionFeatures
+from robust_ad_bench.methods.bgad.augment import paste_defects
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
+from robust_ad_bench.methods.bgad.losses import semi_push_pull
+from robust_ad_bench.methods.common.backbones import PretextFeatures, TorchvisionFeatures
+from robust_ad_bench.methods.common.networks import Padding
+from robust_ad_bench.methods.common.surrogates import smooth_max, top_fraction_mean
+from robust_ad_bench.methods.common.training import (
+    MinibatchTrainer,
+    Stream,
+    make_optimizer,
+    steps_per_epoch,
+    warmup_cosine_schedule,
+)
 
 
 @dataclass
@@ -75,7 +86,6 @@ class FlowAD(Detector):
 
     Config = FlowADConfig
     version = "2"
-    supervised: ClassVar[bool] = False
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -113,16 +123,38 @@ class FlowAD(Detector):
             maps.append((logp / ch).view(n, h, w))
         return maps
 
+    @property
+    def padding(self) -> Padding:
+        """How the feature maps cover the image: the pretext encoder's padding, none for a torchvision
+        backbone (it resizes the whole image)."""
+        if isinstance(self.backbone, PretextFeatures):
+            return self.backbone.padding
+        return Padding(*self.image_shape[1:], multiple=1)
+
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(len(x), *self.image_shape[1:], device=x.device)
+        padding = self.padding
+        total = torch.zeros(len(x), *padding.padded, device=x.device)
         for level, l_map in enumerate(self.log_likelihood_maps(x)):
             prob = torch.exp(l_map - self.level_max[level]).unsqueeze(1)
-            total = total + F.interpolate(prob, size=self.image_shape[1:], mode="bilinear",
+            total = total + F.interpolate(prob, size=padding.padded, mode="bilinear",
                                           align_corners=False).squeeze(1)
-        return len(self.flows) - total
+        return len(self.flows) - padding.crop(total)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.anomaly_map(x).flatten(1).amax(1)
+
+    def nll_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The anomaly map before the exp: per level max training l − l, upsampled and summed (N×H×W)."""
+        total = torch.zeros(len(x), *self.image_shape[1:], device=x.device)
+        for level, l_map in enumerate(self.log_likelihood_maps(x)):
+            nll = (self.level_max[level] - l_map).unsqueeze(1)
+            total = total + F.interpolate(nll, size=self.image_shape[1:], mode="bilinear",
+                                          align_corners=False).squeeze(1)
+        return total
+
+    def surrogates(self) -> dict:
+        return {"nll-lse": lambda x: smooth_max(self.nll_map(x)),
+                "nll-top5": lambda x: top_fraction_mean(self.nll_map(x), 0.05)}
 
     # -- training -------------------------------------------------------------------------------------
     def fit(self, train: TrainSet) -> None:
@@ -131,7 +163,7 @@ class FlowAD(Detector):
         if isinstance(self.backbone, PretextFeatures):
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(c.pretext_seed)
-                self.backbone.fit(images, c.pretext_epochs, c.pretext_lr)
+                self.backbone.fit(images, c.pretext_epochs, c.pretext_lr, report=self.report)
         self.backbone.eval()
         with torch.no_grad():
             raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in images.split(256)))]
@@ -140,38 +172,31 @@ class FlowAD(Detector):
             getattr(self, f"feat_std{i}").copy_(f.std((0, 2, 3), keepdim=True).clamp_min(1e-4))
         normal = [self.level_vectors(i, f) for i, f in enumerate(raw)]
         anomalous = self.anomaly_vectors(train, images)
-        steps_per_epoch = [math.ceil(len(v[0]) / c.batch_size) for v in normal]
-        optimizers = [torch.optim.Adam(flow.parameters(), lr=c.lr) for flow in self.flows]
-        schedules = [self.schedule(opt, c.epochs * steps) for opt, steps in zip(optimizers, steps_per_epoch)]
-        for epoch in range(c.epochs):
-            self.train()
-            self.backbone.eval()
-            total, count = 0.0, 0
-            for level in range(len(self.flows)):
-                vectors, cond = normal[level]
-                for idx in torch.randperm(len(vectors), device=self.device).split(c.batch_size):
-                    loss = self.step_loss(level, vectors[idx], cond[idx], anomalous[level], epoch)
-                    optimizers[level].zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizers[level].step()
-                    schedules[level].step()
-                    total, count = total + float(loss.detach()), count + 1
-            self.report(epoch + 1, c.epochs, f"loss {total / max(count, 1):.4f}")
-        self.eval()
+        trainer = MinibatchTrainer(self, c.epochs, c.batch_size, report=self.report)
+        trainer.run(*(self.level_stream(level, vectors, cond, anomalous[level], trainer)
+                      for level, (vectors, cond) in enumerate(normal)))
         with torch.no_grad():  # the per-level maximum of the training log-likelihoods anchors the score
             maps = [torch.cat(parts) for parts in zip(*(self.log_likelihood_maps(b) for b in images.split(256)))]
             self.level_max.copy_(torch.stack([m.max() for m in maps]))
 
-    def schedule(self, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-        """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
-        warm = max(1, round(self.config.warmup_fraction * total))
+    def level_stream(self, level: int, vectors: torch.Tensor, cond: torch.Tensor,
+                     anomalous: tuple[torch.Tensor, torch.Tensor], trainer: MinibatchTrainer) -> Stream:
+        """The training stream of one level's flow: its own Adam, linear warm-up over ``warmup_fraction``
+        of its steps, then cosine decay to zero."""
+        c = self.config
+        optimizer = make_optimizer(self.flows[level].parameters(), c.lr)
+        total = c.epochs * steps_per_epoch(len(vectors), c.batch_size)
+        schedule = warmup_cosine_schedule(optimizer, total, warmup=max(1, round(c.warmup_fraction * total)))
 
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        def loss(x: torch.Tensor, x_cond: torch.Tensor) -> torch.Tensor:
+            return self.step_loss(level, x, x_cond, anomalous, trainer.epoch)
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return Stream((vectors, cond), loss, optimizer, schedule)
+
+    def train(self, mode: bool = True) -> FlowAD:
+        super().train(mode)
+        self.backbone.eval()  # frozen feature extractor
+        return self
 
     def level_vectors(self, level: int, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardized feature vectors of one level and their positional conditions."""
@@ -191,27 +216,6 @@ class FlowAD(Detector):
         return -F.logsigmoid(l_normal).mean()
 
 
-def semi_push_pull(l_normal: torch.Tensor, l_anomalous: torch.Tensor, beta: float, tau: float,
-                   normalizer: float, gamma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(pull, push, b_n)``: the boundary-guided terms of BGAD on per-dimension log-likelihoods.
-
-    b_n is the β-quantile of the normal ``l / normalizer`` (detached: the boundary is a target, and
-    anomalies never enter it); pull = mean(b_n − l) over normals below b_n; push = mean(l − b_a) over
-    anomalies above b_a = b_n − τ. An empty set contributes 0. ``gamma`` > 0: focal weights (our form)
-    (1 − σ(l))^γ for normals and σ(l)^γ for anomalies, so the hardest vectors count most.
-    """
-    ln, la = l_normal / normalizer, l_anomalous / normalizer
-    b_n = torch.quantile(ln.detach(), beta)
-    b_a = b_n - tau
-    below, above = ln <= b_n, la >= b_a
-    w_n = (1 - torch.sigmoid(l_normal)).pow(gamma) if gamma > 0 else torch.ones_like(ln)
-    w_a = torch.sigmoid(l_anomalous).pow(gamma) if gamma > 0 else torch.ones_like(la)
-    zero = ln.sum() * 0
-    pull = ((b_n - ln) * w_n)[below].mean() if below.any() else zero
-    push = ((la - b_a) * w_a)[above].mean() if above.any() else zero
-    return pull, push, b_n
-
-
 @register_method("bgad")
 class BGAD(FlowAD):
     """BGAD (Yao et al., 2023): flows + explicit boundary + semi-push-pull loss on a few known anomalies."""
@@ -219,7 +223,6 @@ class BGAD(FlowAD):
     Config = BGADConfig
     version = "2"
     needs_anomalies = True
-    supervised = True
 
     def anomaly_vectors(self, train: TrainSet, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Feature vectors of the anomalous cells of the known (and pasted) anomalies, per level."""
@@ -239,9 +242,10 @@ class BGAD(FlowAD):
             anomalies, masks = torch.cat([anomalies, pasted]), torch.cat([masks, pasted_masks])
         with torch.no_grad():
             raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in anomalies.split(256)))]
+        cells = self.padding.pad(masks.unsqueeze(1).float())  # the feature maps cover the padded image
         out = []
         for level, f in enumerate(raw):
-            cell = F.adaptive_avg_pool2d(masks.unsqueeze(1).float(), f.shape[-2:])
+            cell = F.adaptive_avg_pool2d(cells, f.shape[-2:])
             keep = _flatten(cell).squeeze(1) >= c.mask_threshold
             vectors, cond = self.level_vectors(level, f)
             out.append((vectors[keep], cond[keep]))

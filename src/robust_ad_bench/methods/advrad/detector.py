@@ -5,7 +5,10 @@ AdvRAD noises the test image to step k and reconstructs it with one UNet call (o
 jumps with ``denoise_steps``). Normal regions come back, anomalous ones are repaired toward normal, and a
 small adversarial perturbation drowns in the diffusion noise. Score: the multi-scale, mean-filtered
 reconstruction-error map minus the mean map of the normal training images; image score = max over pixels
-of the absolute deviation. Fresh diffusion noise on every call: ``stochastic`` (attacks use EOT), and
+of the absolute deviation. Surrogates for the attacks (the max moves one pixel a step, the clip of the
+denoised estimate zeroes gradients where it saturates): the deviation map through a straight-through clip,
+pooled by logsumexp (``lse``) or by the mean of its top 5 % (``top5``); ``diffpure-ae``: its score through
+a straight-through clip (``st-clip``). Fresh diffusion noise on every call: ``stochastic`` (attacks use EOT), and
 ``certifiable`` by randomized smoothing (the attack suite's ``certify`` grid option).
 
 ``diffpure-ae`` purifies with the same kind of DDPM (noise to k, one-shot denoise), then scores the purified
@@ -21,10 +24,12 @@ import torch
 from torch import nn
 
 from robust_ad_bench.core.dataset import TrainSet
-from robust_ad_bench.core.detector import Detector, TrainConfig
+from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import METHODS, register_method
-from robust_ad_bench.methods.diffusion import LinearSchedule, SmallUNet, ddpm_loss, denoise, multiscale_error
+from robust_ad_bench.methods.advrad.diffusion import LinearSchedule, SmallUNet, ddpm_loss, denoise, multiscale_error
+from robust_ad_bench.methods.common.surrogates import relative_smooth_max, top_fraction_mean
+from robust_ad_bench.methods.common.training import TrainConfig, train_on_images
 
 STAT_BATCH = 256  # training images per call when the mean error map is computed
 
@@ -61,9 +66,9 @@ class DiffusionDetector(Detector):
             raise BenchError(f"method '{self.name}'.train_max_step must be in 0..{c.diffusion_steps}, "
                              f"got {c.train_max_step}")
         self.schedule = LinearSchedule(c.diffusion_steps, c.beta_start, c.beta_end)
-        channels, size, _ = self.image_shape
+        channels, height, width = self.image_shape
         try:
-            self.unet = SmallUNet(channels, size, c.width, c.levels)
+            self.unet = SmallUNet(channels, (height, width), c.width, c.levels)
         except ValueError as exc:
             raise BenchError(f"method '{self.name}': {exc}; choose fewer levels") from None
 
@@ -71,13 +76,14 @@ class DiffusionDetector(Detector):
         """Train the noise predictor on normal images (scaled to [-1, 1], the DDPM's data range)."""
         c = self.config
         max_step = c.train_max_step or c.diffusion_steps
-        return self.train_loop(images, lambda x: ddpm_loss(self.unet, self.schedule, 2 * x - 1, max_step),
-                               params=list(self.unet.parameters()))
+        return train_on_images(self, images, lambda x: ddpm_loss(self.unet, self.schedule, 2 * x - 1, max_step),
+                               params=self.unet.parameters())
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
         """Noise to k with fresh noise, denoise (one-shot or m jumps); returns an image in [0, 1]."""
         c = self.config
-        return (denoise(self.unet, self.schedule, 2 * x - 1, c.noise_step, c.denoise_steps) + 1) / 2
+        return (denoise(self.unet, self.schedule, 2 * x - 1, c.noise_step, c.denoise_steps,
+                        straight_through=straight_through) + 1) / 2
 
 
 @dataclass
@@ -101,18 +107,22 @@ class AdvRAD(DiffusionDetector):
             raise BenchError(f"method 'advrad'.draws must be >= 1, got {self.config.draws}")
         self.register_buffer("train_error", torch.zeros(self.image_shape[1:]))
 
-    def error_map(self, x: torch.Tensor) -> torch.Tensor:
+    def error_map(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
         """Multi-scale reconstruction error (N×H×W), averaged over ``draws`` noise draws in one batch."""
         c = self.config
         repeated = x.repeat(c.draws, *([1] * (x.dim() - 1)))
-        errors = multiscale_error(repeated, self.reconstruct(repeated), c.scales, c.filter_size)
+        errors = multiscale_error(repeated, self.reconstruct(repeated, straight_through), c.scales, c.filter_size)
         return errors.view(c.draws, len(x), *errors.shape[1:]).mean(0)
 
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.error_map(x) - self.train_error).abs()
+    def anomaly_map(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        return (self.error_map(x, straight_through) - self.train_error).abs()
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.anomaly_map(x).flatten(1).amax(1)
+
+    def surrogates(self) -> dict:
+        return {"lse": lambda x: relative_smooth_max(self.anomaly_map(x, straight_through=True)),
+                "top5": lambda x: top_fraction_mean(self.anomaly_map(x, straight_through=True), 0.05)}
 
     def fit(self, train: TrainSet) -> None:
         images = train.images.to(self.device)
@@ -150,6 +160,9 @@ class DiffPure(DiffusionDetector):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.score_purified(self.purify(x))
+
+    def surrogates(self) -> dict:
+        return {"st-clip": lambda x: self.score_purified(self.reconstruct(x, straight_through=True))}
 
     def fit(self, train: TrainSet) -> None:
         # The detector is trained on clean normal images, as in DiffPure: purification happens at test time.
