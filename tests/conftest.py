@@ -24,6 +24,27 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: results that must match bit for bit across processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_data(monkeypatch):
+    """No decoded images cached from another test, and no data root or cache folder from the environment."""
+    from robust_ad_bench.datasets import cache, files
+
+    cache.clear()
+    monkeypatch.delenv(files.DATA_ENV, raising=False)
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    yield
+    cache.clear()
+
+
 def tiny_grid(out, **overrides):
     """A small grid on two digit classes with tiny training budgets."""
     options = dict(methods="knn,ae", datasets="digits", attacks="clean,pgd", eps="32/255",
@@ -31,4 +52,5 @@ def tiny_grid(out, **overrides):
     options.update(overrides)
     cfg = make_grid_config(**options)
     cfg.method_params = {**TINY_METHOD_PARAMS, **cfg.method_params}
+    cfg.checks.square_queries = 200  # the default (1000) is tested on its own in test_checks.py
     return cfg

@@ -39,10 +39,10 @@ def test_end_to_end_run_leaderboard_export_plot(tmp_path, capsys):
     code, _, _ = run_cli(capsys, "export", "--out", out, "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader((Path(out) / "export.csv").read_text().splitlines()))
-    assert len(rows) == 20
+    assert len(rows) == 20 + 8  # the jobs, and the per-image worst case of each model at each eps
     assert list(rows[0])[: len(EXPORT_COLUMNS)] == EXPORT_COLUMNS
     assert {r["status"] for r in rows} == {"ok"}
-    assert {r["attack"] for r in rows} == {"clean", "fgsm", "pgd"}
+    assert {r["attack"] for r in rows} == {"clean", "fgsm", "pgd", "worst-linf"}
 
     code, _, stderr = run_cli(capsys, "plot", "--out", out)
     assert code == 0

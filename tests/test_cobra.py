@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-import yaml
+import torch.nn.functional as F
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.config import make_grid_config, packaged_configs
+from robust_ad_bench.benchmark.config import make_grid_config
+from robust_ad_bench.benchmark.papers import load_paper
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.core.dataset import TrainSet
@@ -49,6 +50,24 @@ def test_rotation_groups(digits_train):
     assert groups.shape == (20, 1, 8, 8) and groups.min() >= 0 and groups.max() <= 1
     torch.testing.assert_close(groups[:5], x)
     torch.testing.assert_close(groups[10:15], x.flip(2).flip(3))  # 180°
+
+
+def test_rotation_groups_of_non_square_images_keep_their_shape(digits_train):
+    x = digits_train[:5, :, :, :6].clone().requires_grad_(True)  # 8×6
+    groups = expand_groups(x, "rotation")
+    assert groups.shape == (20, 1, 8, 6)
+    torch.testing.assert_close(groups[:5], x)
+    torch.testing.assert_close(groups[10:15], x.flip(2).flip(3))  # 180° needs no resize
+    assert not torch.allclose(groups[5:10], groups[15:20])  # 90° and 270° stay distinct
+    (grad,) = torch.autograd.grad(groups.sum(), x)
+    assert torch.isfinite(grad).all()
+
+
+def test_auto_pseudo_anomaly_on_non_square_images(digits_train):
+    grass = DATASETS.get("textures")(n_train=64, n_test_normal=4, n_test_anomalous=4).split("grass", 0).train
+    wide_digits = F.interpolate(digits_train, size=(8, 12), mode="bilinear", align_corners=False)
+    assert choose_pseudo_anomaly("auto", wide_digits, 2.0) == "rotation"
+    assert choose_pseudo_anomaly("auto", grass[..., :24], 2.0) == "scar"
 
 
 def test_auto_pseudo_anomaly_picks_rotation_for_digits_and_scar_for_textures(digits_train):
@@ -158,8 +177,8 @@ def test_methods_run_in_the_grid(tmp_path):
 
 @pytest.mark.parametrize("name", ["cobra-cifar10", "cobra-mvtec"])
 def test_paper_configs_load(name):
-    raw = yaml.safe_load(packaged_configs()[name].read_text())
-    assert "source" in raw["reported"] and "cobra" in raw["reported"]
+    paper = load_paper("cobra")  # the reported figures live in papers/cobra.yaml
+    assert name in paper.configs and {f.method for f in paper.figures} == {"cobra"}
     cfg = make_grid_config(name)  # validates the options (the datasets are checked when the grid expands)
     assert cfg.methods == ["cobra"] and cfg.attack_params["pgd"]["steps"] >= 100
     params = build_config(METHODS.get("cobra").Config, cfg.method_params["cobra"], "method 'cobra'")

@@ -7,7 +7,8 @@ from robust_ad_bench.benchmark import leaderboard
 
 
 def frame(rows):
-    base = {"status": "ok", "norm": "linf", "adversarially_trained": False, "pixel_auroc": np.nan}
+    base = {"status": "ok", "norm": "linf", "adversarially_trained": False, "pixel_auroc": np.nan, "config": "{}",
+            "attack_detail": ""}
     rows = [{**base, "train_key": f"{r['method']}-{r['dataset']}-{r['normal_class']}", **r} for r in rows]
     return pd.DataFrame(rows)
 
@@ -59,19 +60,40 @@ def test_eps_label(eps, norm, label):
     assert leaderboard.eps_label(eps, norm) == label
 
 
-def test_worst_case_column_names_the_attack_and_carries_flags():
+def test_worst_case_column_shows_the_stored_per_image_worst_case_and_its_flags():
+    config = '{"attacks": ["pgd", "square"], "derived": "worst-case"}'
     extra = frame([
         {"method": "a", "dataset": "d", "normal_class": "0", "attack": "square", "eps": 8 / 255, "auroc": 0.3},
         {"method": "a", "dataset": "d", "normal_class": "1", "attack": "square", "eps": 8 / 255, "auroc": 0.5},
+        # per image, below both attacks' AUROC: 0.25 and 0.15 (not min(0.4, 0.3) and min(0.2, 0.5))
+        {"method": "a", "dataset": "d", "normal_class": "0", "attack": "worst-linf", "eps": 8 / 255, "auroc": 0.25,
+         "attack_detail": "per-image worst of 2 attacks,won=square:60%+pgd:40%", "config": config},
+        {"method": "a", "dataset": "d", "normal_class": "1", "attack": "worst-linf", "eps": 8 / 255, "auroc": 0.15,
+         "attack_detail": "per-image worst of 2 attacks,won=pgd:70%+square:30%", "config": config},
     ])
     results = pd.concat([RESULTS, extra], ignore_index=True)
-    checks = pd.DataFrame([{"method": "a", "dataset": "d", "attack": "pgd", "name": "black-box", "passed": False}])
+    checks = pd.DataFrame([
+        {"method": "a", "dataset": "d", "attack": "pgd", "name": "black-box", "passed": False, "train_key": key}
+        for key in ("a-d-0", "a-d-1")])
     table = leaderboard.wide(results, checks=checks)
-    # per class: min(0.4, 0.3) = 0.3 by square, min(0.2, 0.5) = 0.2 by pgd; mean 0.25
     worst = table.loc["a", "d worst-linf 8/255"]
-    assert worst.startswith("0.250 ± 0.071") and "!B" in worst
+    assert worst.startswith("0.200 ± 0.071") and "!B" in worst and "square" in worst
     assert table.loc["a", "d pgd 8/255"].endswith("!B")
     assert leaderboard.flag_legend(table) == [f"!B: {leaderboard.FLAG_LEGEND['B']}"]
+    assert "d worst-linf 8/255" in leaderboard.wide(results.assign(aupr=0.5), "aupr", checks).columns
+    curve = leaderboard.worst_per_model(results)
+    assert sorted(curve["auroc"]) == [0.15, 0.25]
+
+
+def test_cells_of_unchecked_models_and_raising_checks_are_flagged():
+    checks = pd.DataFrame([{"method": "a", "dataset": "d", "attack": "pgd", "name": "error:large-eps",
+                            "passed": False, "train_key": "a-d-0"}])
+    table = leaderboard.wide(RESULTS, checks=checks)
+    # class 0: its large-eps check raised (!); class 1: no checks at all (?)
+    assert table.loc["a", "d pgd 8/255"].endswith("!!?")
+    assert table.loc["a", "d clean"] == "0.800 ± 0.141"  # clean cells are not attacked: never flagged
+    assert [line[:2] for line in leaderboard.flag_legend(table)] == ["!!", "!?"]
+    assert not leaderboard.wide(RESULTS).loc["a", "d pgd 8/255"].endswith("?")  # no checks given: no flags
 
 
 def test_seen_anomalies_are_marked_per_dataset():

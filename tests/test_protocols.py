@@ -89,7 +89,8 @@ def test_few_anomaly_options_per_dataset(tmp_path):
     assert flat["knndigits"].model.split.n_anomalies == 4 and flat["knntextures"].model.split.n_anomalies == 4
     known = {j.method + j.dataset: j for j in expand_grid(
         tiny_grid(tmp_path, **options, n_anomalies={"textures": 6}, known_defects="blob"))}
-    assert known["knntextures"].model.split.known_defects == ("blob",) and known["knndigits"].model.split.known_defects is None
+    assert known["knntextures"].model.split.known_defects == ("blob",)
+    assert known["knndigits"].model.split.known_defects is None
     by_dataset = {j.method + j.dataset: j for j in expand_grid(tiny_grid(
         tmp_path, **options, n_anomalies={"textures": 6, "digits": 2},
         known_defects={"textures": ["patch"], "digits": ["digit-3"]}))}

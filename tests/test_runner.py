@@ -39,9 +39,10 @@ def test_second_run_computes_nothing_and_models_are_cached(tmp_path):
     # a new attack on the same models reuses the trained models
     third = Runner(tiny_grid(tmp_path, attacks="clean,pgd,fgsm")).run()
     assert (third.computed, third.trained) == (4, 0)
+    assert third.worst == 4  # per model: the per-image worst case of pgd and fgsm
     with Store(tmp_path) as store:
         results = store.results()
-        assert len(results) == 12 and results["key"].is_unique
+        assert len(results) == 12 + 4 and results["key"].is_unique
         assert (results["status"] == "ok").all()
         assert (results["auroc_ci_low"] <= results["auroc"]).all()
         assert (results["auroc"] <= results["auroc_ci_high"]).all()

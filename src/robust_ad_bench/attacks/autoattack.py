@@ -12,6 +12,10 @@ others, which suits accuracy but not AUROC, where every sample's score matters. 
 ``selection = "objective"`` therefore runs each component on every image (APGD with ``best_loss=True``
 returns its highest-loss point) and keeps, per image, the candidate with the highest attack objective.
 ``selection = "standard"`` returns what ``run_standard_evaluation`` returns.
+
+Iterations: pyautoattack fixes APGD's step-size checkpoints (``n_iter_2``, ``n_iter_min``, ``size_decr``)
+from ``n_iter`` when it builds the object; ``set_iterations`` recomputes them whenever ``iters`` changes.
+A surrogate objective gets its own threshold (the same quantile of its own training values).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from torch import nn
 
 from robust_ad_bench.core.adaptive import ScoreFn
-from robust_ad_bench.core.attack import Attack, AttackConfig, attack_objective
+from robust_ad_bench.core.attack import Attack, WhiteBoxConfig, select_best
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import register_attack
 
@@ -45,7 +49,7 @@ class TwoLogitDetector(nn.Module):
 
 
 @dataclass
-class AutoAttackConfig(AttackConfig):
+class AutoAttackConfig(WhiteBoxConfig):
     components: tuple[str, ...] = TWO_CLASS_COMPONENTS
     iters: int = 100  # APGD and FAB iterations (AutoAttack's default)
     restarts: int = 1  # APGD and FAB restarts
@@ -74,15 +78,24 @@ class AutoAttack(Attack):
 
     Config = AutoAttackConfig
     norm = "linf"
+    version = "4"  # 4: APGD checkpoints follow iters; surrogate objectives; eps 0 runs the attack
+    iteration_params = ("iters", "square_queries")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self.threshold = 0.0
+        self.thresholds: dict[str, float] = {}
+
+    @property
+    def threshold(self) -> float:
+        return self.thresholds.get(self.objective, 0.0)
 
     def calibrate(self, detector: Any, train_images: torch.Tensor) -> None:
+        """The threshold of each objective: a quantile of its values on the training images."""
         with torch.no_grad():
-            scores = torch.cat([detector.score(b) for b in train_images.split(self.config.batch_size)]).float()
-        self.threshold = float(scores.quantile(self.config.threshold_quantile))
+            for name in self.objectives(detector):
+                fn = detector.surrogates()[name] if name else detector.score
+                scores = torch.cat([fn(b) for b in train_images.split(self.config.batch_size)]).float()
+                self.thresholds[name] = float(scores.quantile(self.config.threshold_quantile))
 
     def describe(self, detector: Any) -> str:
         base = super().describe(detector)
@@ -97,8 +110,9 @@ class AutoAttack(Attack):
         adversary = PyAutoAttack(model, norm=_AA_NORM[self.norm], eps=eps, version="custom",
                                  attacks=list(c.components), seed=seed, device=device)
         adversary.verbose = False
-        for component in (adversary.apgd, adversary.fab):
-            component.n_iter, component.n_restarts = c.iters, c.restarts
+        set_iterations(adversary.apgd, c.iters)
+        adversary.fab.n_iter = c.iters
+        adversary.apgd.n_restarts = adversary.fab.n_restarts = c.restarts
         adversary.square.n_queries = c.square_queries
         return adversary
 
@@ -112,24 +126,26 @@ class AutoAttack(Attack):
         if self.config.selection == "standard":
             x_adv, _ = adversary.run_standard_evaluation(x, labels, batch_size=len(x))
             return x_adv.detach()
-        candidates = []
+        candidates = {}
         for name in self.config.components:
             if name == "apgd-ce":
-                candidates.append(adversary.apgd.perturb(x, labels, best_loss=True))
+                candidates[name] = adversary.apgd.perturb(x, labels, best_loss=True)
             elif name == "fab":
-                candidates.append(adversary.fab.perturb(x, labels))
+                candidates[name] = adversary.fab.perturb(x, labels)
             else:
-                candidates.append(adversary.square.perturb(x, labels))
-        return best_by_objective(score, candidates, y)
+                candidates[name] = adversary.square.perturb(x, labels)
+        if len(candidates) == 1:
+            return next(iter(candidates.values())).detach()
+        # judged on the true score, whichever objective the components followed
+        return select_best(self.selection_score(detector), candidates, y)[0]
 
 
-def best_by_objective(score: ScoreFn, candidates: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    """Per image, the candidate with the highest attack objective."""
-    with torch.no_grad():
-        values = torch.stack([attack_objective(score, c, y) for c in candidates])  # K × N
-    pick = values.argmax(0)
-    stacked = torch.stack([c.detach() for c in candidates])  # K × N × C × H × W
-    return stacked[pick, torch.arange(len(y), device=y.device)]
+def set_iterations(apgd: Any, iters: int) -> None:
+    """APGD's iteration count with the step-size checkpoints pyautoattack derives from it in ``__init__``."""
+    apgd.n_iter = apgd.n_iter_orig = iters
+    apgd.n_iter_2 = max(int(0.22 * iters), 1)
+    apgd.n_iter_min = max(int(0.06 * iters), 1)
+    apgd.size_decr = max(int(0.03 * iters), 1)
 
 
 @register_attack("autoattack-l2", description="AutoAttack (pyautoattack, custom version: APGD-CE, FAB, "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robust_ad_bench.core.attack import Attack, AttackConfig, attack_objective
+from robust_ad_bench.core.attack import Attack, WhiteBoxConfig, attack_objective
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_attack
 
@@ -105,7 +105,7 @@ class Clean(Attack):
 
 
 @dataclass
-class PGDConfig(AttackConfig):
+class PGDConfig(WhiteBoxConfig):
     steps: int = 10  # 10 for quick runs, 100 for final tables
     restarts: int = 1
     step_size: float | None = None  # None: 2.5 * eps / steps
@@ -113,6 +113,9 @@ class PGDConfig(AttackConfig):
 
 
 class _GradientAttack(Attack):
+    Config = WhiteBoxConfig
+    version = "4"  # 4: surrogate objectives, per-image best on the true score; eps 0 runs the attack
+
     def _run(self, detector, x, y, eps, *, steps, step_size, restarts, rand_init) -> torch.Tensor:
         score = self.score_fn(detector)  # EOT / BPDA from the detector's flags
 
@@ -146,6 +149,8 @@ class PGD(_GradientAttack):
 
     Config = PGDConfig
     norm = "linf"
+    iteration_params = ("steps",)
+    eps_scaled_params = ("step_size",)
 
     def perturb_batch(self, detector, x, y, eps):
         c = self.config

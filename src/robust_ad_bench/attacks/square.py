@@ -1,9 +1,16 @@
 """Square Attack (Andriushchenko et al., ECCV 2020): score-based black-box random search, our own code.
 
 It needs only forward passes of the score, so it is the suite's gradient-masking check: if it beats the
-white-box attacks at the same eps, their gradients were misleading. Each query proposes, for every
-image at once, a new square of ±eps values (one sign per channel) at a random place; a proposal is kept
-when it raises the attack objective. The square's side shrinks on the paper's schedule.
+white-box attacks at the same eps, their gradients were misleading. The square's side shrinks on the
+paper's schedule; a proposal is kept when it raises the attack objective; every image is searched at once.
+
+- Linf (``square``): each query sets a random square to ±eps (one sign per channel).
+- L2 (``square-l2``, the paper's L2 version): the perturbation starts as a grid of centred, peaked
+  ("pseudo-Gaussian") blocks of random signs with norm eps. Each query picks two squares W1 and W2, takes
+  the mass the perturbation has in W1 ∪ W2 plus the budget the box constraint left unused, and puts it
+  all in W1 as a fresh peaked block (two halves of opposite sign, randomly transposed) added to the old
+  direction there; W2 is emptied. The proposal's norm is eps again before clipping to [0, 1], so the
+  search walks on the L2 sphere rather than inside the Linf ball inscribed in it.
 """
 
 from __future__ import annotations
@@ -61,6 +68,91 @@ def square_search(objective, x: torch.Tensor, eps: float, *, queries: int, p_ini
     return best
 
 
+def _per_sample_norm(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return t.pow(2).sum(dims, keepdim=True).sqrt()
+
+
+def peaked_block(rows: int, cols: int) -> torch.Tensor:
+    """A rows×cols block whose values fall from the centre by rings: ring k (Chebyshev distance from the
+    centre) gets sum_{j >= k} 1/(j + 1)^2. Unit L2 norm."""
+    di = (torch.arange(rows) - (rows - 1) / 2).abs()
+    dj = (torch.arange(cols) - (cols - 1) / 2).abs()
+    ring = torch.maximum(di[:, None], dj[None, :]).floor().long()
+    weights = 1.0 / (torch.arange(int(ring.max()) + 1) + 1.0) ** 2
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{j >= k} weights[j]
+    block = tail[ring]
+    return block / block.norm()
+
+
+def split_block(side: int) -> torch.Tensor:
+    """side×side: a peaked block on each half, the halves of opposite sign (one block when side is 1)."""
+    if side < 2:
+        return peaked_block(side, side)
+    half = side // 2
+    block = torch.cat([peaked_block(side, half), -peaked_block(side, side - half)], dim=1)
+    return block / block.norm()
+
+
+def place(block: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """N×1×H×W: ``block`` (s×s) placed at each image's (top, left), zero elsewhere."""
+    side = block.shape[0]
+    dev = top.device
+    rel_r = torch.arange(h, device=dev)[None, :] - top[:, None]  # N × H
+    rel_c = torch.arange(w, device=dev)[None, :] - left[:, None]  # N × W
+    inside = ((rel_r >= 0) & (rel_r < side))[:, :, None] & ((rel_c >= 0) & (rel_c < side))[:, None, :]
+    values = block.to(dev)[rel_r.clamp(0, side - 1)[:, :, None], rel_c.clamp(0, side - 1)[:, None, :]]
+    return (values * inside).unsqueeze(1)
+
+
+def square_search_l2(objective, x: torch.Tensor, eps: float, *, queries: int, p_init: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Maximize ``objective`` (per sample, forward passes only) over the L2 eps-ball ∩ [0, 1]."""
+    n, c, h, w = x.shape
+    dev, dims = x.device, (1, 2, 3)
+
+    def rand_sign(*shape: int) -> torch.Tensor:
+        return torch.randint(0, 2, shape, generator=generator).to(dev, x.dtype) * 2 - 1
+
+    def rand_pos(limit: int) -> torch.Tensor:
+        return torch.randint(0, limit, (n,), generator=generator).to(dev)
+
+    # initialization: tiles of peaked blocks with a random sign per image, channel and tile
+    tile = max(1, min(h, w) // 5)
+    tiles_h, tiles_w = -(-h // tile), -(-w // tile)
+    signs = rand_sign(n, c, tiles_h, tiles_w).repeat_interleave(tile, 2).repeat_interleave(tile, 3)
+    pattern = peaked_block(tile, tile).to(dev, x.dtype).repeat(tiles_h, tiles_w)
+    delta = (signs * pattern)[:, :, :h, :w]
+    delta = delta * eps / _per_sample_norm(delta, dims).clamp_min(1e-12)
+    best = (x + delta).clamp(0, 1)
+    with torch.no_grad():
+        best_val = objective(best)
+        for query in range(queries):
+            side = round(math.sqrt(square_fraction(p_init, query, queries) * h * w))
+            side = max(1, min(h, w, max(side, 3)))
+            block = split_block(side).to(x.dtype)
+            delta = best - x
+            top1, left1 = rand_pos(h - side + 1), rand_pos(w - side + 1)
+            top2, left2 = rand_pos(h - side + 1), rand_pos(w - side + 1)
+            ones = torch.ones(side, side, dtype=x.dtype)
+            in1, in2 = place(ones, top1, left1, h, w), place(ones, top2, left2, h, w)  # N×1×H×W masks
+            union = torch.maximum(in1, in2)
+            # the mass in W1 ∪ W2 (per channel) plus the budget left unused, all moved into W1
+            unused = (eps**2 - delta.pow(2).sum(dims, keepdim=True)).clamp_min(0) / c
+            budget = (unused + (delta * union).pow(2).sum((2, 3), keepdim=True)).sqrt()  # N×C×1×1
+            transposed = torch.rand(n, generator=generator).to(dev) < 0.5
+            fresh = torch.where(transposed.view(-1, 1, 1, 1), place(block.T, top1, left1, h, w),
+                                place(block, top1, left1, h, w))  # N×1×H×W
+            old = delta * in1
+            direction = fresh * rand_sign(n, c, 1, 1) + old / _per_sample_norm(old, (2, 3)).clamp_min(1e-12)
+            direction = direction / _per_sample_norm(direction, (2, 3)).clamp_min(1e-12)
+            proposal = (x + delta * (1 - union) + direction * budget).clamp(0, 1)
+            value = objective(proposal)
+            better = value > best_val
+            best = torch.where(better.view(-1, 1, 1, 1), proposal, best)
+            best_val = torch.where(better, value, best_val)
+    return best
+
+
 @dataclass
 class SquareConfig(AttackConfig):
     queries: int = 1000  # score evaluations per image
@@ -81,9 +173,8 @@ class Square(Attack):
     norm = "linf"
     black_box = True  # not itself checked against a black-box attack
     masking_check = True  # the sanity checks' gradient-masking check for its norm
-
-    def linf_radius(self, eps: float, x: torch.Tensor) -> float:
-        return eps
+    iteration_params = ("queries",)
+    search = staticmethod(square_search)
 
     def perturb_batch(self, detector, x, y, eps):
         score = self.score_fn(detector)
@@ -92,16 +183,21 @@ class Square(Attack):
         def objective(z: torch.Tensor) -> torch.Tensor:
             return attack_objective(score, z, y)
 
-        return square_search(objective, x, self.linf_radius(eps, x), queries=self.config.queries,
-                             p_init=self.config.p_init, generator=generator)
+        return self.search(objective, x, eps, queries=self.config.queries, p_init=self.config.p_init,
+                           generator=generator)
 
 
-@register_attack("square-l2", description="Square Attack inside the L2 ball, searched over the inscribed "
-                                          "Linf ball (eps/sqrt(d)): a valid but weaker black-box check")
+@dataclass
+class SquareL2Config(SquareConfig):
+    p_init: float = 0.1  # the paper's L2 default
+
+
+@register_attack("square-l2", description="Square Attack (L2, the paper's L2 version): score-based black-box "
+                                          "random search on the L2 sphere, the gradient-masking check")
 class SquareL2(Square):
-    """Square random search over the largest Linf ball inside the L2 eps-ball."""
+    """Black-box Square Attack on the anomaly score (L2): mass moved between squares on the eps-sphere."""
 
+    Config = SquareL2Config
     norm = "l2"
-
-    def linf_radius(self, eps: float, x: torch.Tensor) -> float:
-        return eps / math.sqrt(x[0].numel())
+    version = "4"  # 4: the paper's L2 search (3 searched the inscribed Linf ball)
+    search = staticmethod(square_search_l2)

@@ -1,45 +1,54 @@
-"""``robust-ad-bench audit``: per method, which attacks ran, the worst-case figure, which checks failed."""
+"""``robust-ad-bench audit``: per method, which attacks ran, the per-image worst-case figure, which checks
+failed or raised, and how many models have no checks at all."""
 
 from __future__ import annotations
 
 import pandas as pd
 from rich.table import Table
 
-from robust_ad_bench.benchmark.leaderboard import eps_label, lowest_per_model
+from robust_ad_bench.benchmark.leaderboard import eps_label, is_worst, top_winner, worst_per_model
 
 
 def _attacks_run(rows: pd.DataFrame) -> str:
     parts = []
-    for attack, group in rows[rows["norm"] != "none"].groupby("attack"):
+    for attack, group in rows[(rows["norm"] != "none") & ~is_worst(rows["attack"])].groupby("attack"):
         details = sorted({d for d in group["attack_detail"].fillna("") if d})
         parts.append(f"{attack} ({'; '.join(details)})" if details else str(attack))
     return ", ".join(parts) or "clean only"
 
 
 def _worst(rows: pd.DataFrame) -> str:
-    """Per norm and eps: mean over models of each model's lowest AUROC, and the attack behind it."""
-    lowest = lowest_per_model(rows)
-    if lowest.empty:
+    """Per norm and eps: mean over models of each model's per-image worst-case AUROC (or its only attack's),
+    and the attack that won most images."""
+    worst = worst_per_model(rows)
+    if worst.empty:
         return "–"
     parts = []
-    for (norm, eps), group in lowest.groupby(["norm", "eps"]):
-        parts.append(f"{norm} {eps_label(eps, norm)}: {group['auroc'].mean():.3f} "
-                     f"({group['attack'].value_counts().index[0]})")
+    for (norm, eps), group in worst.groupby(["norm", "eps"]):
+        winners = [top_winner(d) if w else a for a, d, w in
+                   zip(group["attack"], group["attack_detail"], is_worst(group["attack"]))]
+        top = pd.Series([w for w in winners if w]).value_counts()
+        parts.append(f"{norm} {eps_label(eps, norm)}: {group['auroc'].mean():.3f}"
+                     + (f" ({top.index[0]})" if not top.empty else ""))
     return "\n".join(parts)
 
 
-def _failed_checks(checks: pd.DataFrame, models: int) -> str:
-    if checks.empty:
-        return "not run"
-    failed = checks[~checks["passed"].astype(bool)]
-    if failed.empty:
-        return f"all {checks['name'].nunique()} kinds passed"
-    parts = []
-    for (name, attack), group in failed.groupby(["name", "attack"]):
+def _failed_checks(checks: pd.DataFrame, models: set[str]) -> str:
+    """Failed and raising checks, and the models whose checks did not run; "all passed" only when every
+    model was checked and nothing failed."""
+    if not models:
+        return "nothing attacked: no checks"
+    mine = checks[checks["train_key"].isin(models)] if not checks.empty else checks
+    unchecked = len(models - set(mine["train_key"])) if not mine.empty else len(models)
+    lines = [f"checks not run: {unchecked}/{len(models)} models"] if unchecked else []
+    failed = mine[~mine["passed"].astype(bool)] if not mine.empty else mine
+    for (name, attack), group in failed.groupby(["name", "attack"]) if not failed.empty else []:
         detail = next((d for d in group["detail"] if d), "")
-        parts.append(f"{name} on {attack}: {group['train_key'].nunique()}/{models} models"
+        lines.append(f"{name} on {attack}: {group['train_key'].nunique()}/{len(models)} models"
                      + (f" — {detail}" if detail else ""))
-    return "\n".join(parts)
+    if not lines:
+        return f"all {mine['name'].nunique()} kinds passed"
+    return "\n".join(lines)
 
 
 def audit_tables(results: pd.DataFrame, checks: pd.DataFrame) -> list[Table]:
@@ -48,14 +57,12 @@ def audit_tables(results: pd.DataFrame, checks: pd.DataFrame) -> list[Table]:
     tables = []
     for dataset in sorted(ok["dataset"].unique()):
         table = Table(title=f"Audit of {dataset}", show_lines=True)
-        for column in ("method", "attacks run", "worst case (mean AUROC, attack)", "failed checks"):
+        for column in ("method", "attacks run", "per-image worst case (mean AUROC, top attack)", "failed checks"):
             table.add_column(column, overflow="fold")
         data = ok[ok["dataset"] == dataset]
         for method in sorted(data["method"].unique()):
             rows = data[data["method"] == method]
-            mine = checks[(checks["method"] == method) & (checks["dataset"] == dataset)] if not checks.empty \
-                else checks
-            table.add_row(method, _attacks_run(rows), _worst(rows),
-                          _failed_checks(mine, rows["train_key"].nunique()))
+            models = set(rows.loc[rows["norm"] != "none", "train_key"])
+            table.add_row(method, _attacks_run(rows), _worst(rows), _failed_checks(checks, models))
         tables.append(table)
     return tables

@@ -1,4 +1,5 @@
-"""Command line: ``robust-ad-bench run | list | leaderboard | audit | defects | export | plot``."""
+"""Command line: ``robust-ad-bench run | reproduce | list | leaderboard | audit | defects | export | plot |
+report``."""
 
 from __future__ import annotations
 
@@ -7,19 +8,25 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from robust_ad_bench.benchmark import leaderboard
+from robust_ad_bench.benchmark import leaderboard, reproduce
 from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.config import make_grid_config
+from robust_ad_bench.benchmark.execution import EXECUTORS
 from robust_ad_bench.benchmark.jobs import Job
-from robust_ad_bench.benchmark.runner import Hooks, Runner
-from robust_ad_bench.benchmark.runtime import ensure_writable
+from robust_ad_bench.benchmark.papers import load_paper, paper_names
+from robust_ad_bench.benchmark.reported import cell_reported
+from robust_ad_bench.benchmark.reproduce import grid_data, plan
+from robust_ad_bench.benchmark.runner import Hooks, Runner, RunSummary
+from robust_ad_bench.benchmark.runtime import GracefulStop, ensure_writable
 from robust_ad_bench.benchmark.store import STORE_FILE, Store, open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
+from robust_ad_bench.datasets.files import DATA_ENV
 
 EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
                   "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",
@@ -55,30 +62,72 @@ class RichHooks(Hooks):
 
         return update
 
+    def waiting(self, holder: str) -> None:
+        self.progress.update(self.grid, description=f"grid: waiting for another run ({holder})")
 
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    cfg = make_grid_config(
-        args.config, methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
-        seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
-        checks=False if args.no_checks else None,
-        n_anomalies=args.n_anomalies, known_defects=args.known_defects,
-    )
-    runner = Runner(cfg)  # validates every name and parameter before anything runs
-    if args.dry_run:
-        pending = runner.jobs
-        if Path(cfg.out, STORE_FILE).is_file():
-            with Store(cfg.out) as store:
-                pending = runner.pending(store)
-        print_grid(runner.jobs, {j.key for j in pending}, table_console())
-        return 0
-    ensure_writable(cfg.out)  # before the progress display starts
+    def store_busy(self, error: str) -> None:
+        self.progress.console.print(f"[yellow]the results store is busy ({error}); trying again[/yellow]")
+
+
+def grid_flags(args: argparse.Namespace) -> dict:
+    """The grid options given on the command line (None: not given)."""
+    return dict(methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
+                seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
+                checks=False if args.no_checks else None, data_root=args.data_root,
+                execution={"executor": args.executor, "workers": args.workers, "threads": args.threads,
+                           "ray_address": args.ray_address, "job_timeout": args.job_timeout,
+                           "retries": args.retries})
+
+
+def dry_run(runner: Runner, console: Console) -> None:
+    pending = runner.jobs
+    if Path(runner.cfg.out, STORE_FILE).is_file():
+        with Store(runner.cfg.out) as store:
+            pending = runner.pending(store)
+    print_grid(runner.jobs, {j.key for j in pending}, console)
+
+
+def run_with_progress(runner: Runner, console: Console) -> RunSummary:
+    """Run the grid with a progress display; Ctrl-C once stops after the steps in flight."""
+    ensure_writable(runner.cfg.out)  # before the progress display starts
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         runner.hooks = RichHooks(progress)
-        summary = runner.run()
+        with GracefulStop(lambda: console.print("[yellow]stopping after the jobs in flight "
+                                                "(Ctrl-C again to stop at once)[/yellow]")) as stop:
+            summary = runner.run(stop)
+    other = f", {summary.by_other} finished by another run" if summary.by_other else ""
     console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
-                  f"store, {len(summary.failed)} failed; {summary.trained} models trained, "
-                  f"{summary.checked} checked, {summary.certified} certified")
+                  f"store{other}, {len(summary.failed)} failed; {summary.trained} models trained, "
+                  f"{summary.worst} per-image worst cases, {summary.checked} checked, {summary.certified} certified")
+    if summary.interrupted:
+        console.print(f"stopped: {summary.left} job(s) left; run the same command again to resume "
+                      "(finished jobs are in the store)")
+    return summary
+
+
+def print_failures(summary: RunSummary, out: str, console: Console) -> None:
+    console.print(f"[red]{len(summary.failed)} job(s) failed[/red] (tracebacks in {out}/failures.log):")
+    for job, message in summary.failed[:20]:
+        console.print(f"  {job.method} {job.dataset}/{job.normal_class} seed {job.seed} {job.attack} "
+                      f"eps {job.eps:g}: {message}")
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    cfg = make_grid_config(args.config, args.set, **grid_flags(args), n_anomalies=args.n_anomalies,
+                           known_defects=args.known_defects)
+    runner = Runner(cfg)  # validates every name and parameter before anything runs
+    if args.dry_run:
+        dry_run(runner, table_console())
+        return 0
+    _, missing = grid_data(cfg)  # fail before anything runs when data is not where it should be
+    if missing:
+        raise BenchError(missing[0].line().removeprefix("skipped ") + (
+            f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + "; narrow --datasets/--classes "
+            "or fix --data-root")
+    summary = run_with_progress(runner, console)
+    if summary.interrupted:
+        return 130
     with Store(cfg.out) as store:
         results, checks = store.results(), store.checks()
     methods = {j.method for j in runner.jobs}
@@ -86,12 +135,49 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     results = results[results["method"].isin(methods) & results["dataset"].isin(datasets)]
     leaderboard.render(leaderboard.wide(results, checks=checks), table_console())
     if summary.failed:
-        console.print(f"[red]{len(summary.failed)} job(s) failed[/red] (tracebacks in {cfg.out}/failures.log):")
-        for job, message in summary.failed[:20]:
-            console.print(f"  {job.method} {job.dataset}/{job.normal_class} seed {job.seed} {job.attack} "
-                          f"eps {job.eps:g}: {message}")
+        print_failures(summary, cfg.out, console)
         return 1
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
+    paper = load_paper(args.paper)
+    runs = plan(paper, args.set, **grid_flags(args))
+    missing = [m for run in runs for m in run.missing]
+    out = table_console()
+    if not any(run.runnable for run in runs):
+        for item in missing:
+            console.print(item.line(), highlight=False)
+        raise BenchError(f"nothing of paper '{paper.name}' can run: no data found (see above); put it where the "
+                         "lines above say, or pass --data-root DIR")
+    runners = [(run, Runner(run.cfg)) for run in runs if run.runnable]  # validates everything before running
+    failed = 0
+    if args.dry_run:
+        for run, runner in runners:
+            out.print(f"config {run.config} (results in {run.cfg.out}):")
+            dry_run(runner, out)
+    else:
+        frames = []
+        for run, runner in runners:
+            console.print(f"config {run.config}: results in {run.cfg.out}")
+            summary = run_with_progress(runner, console)
+            if summary.interrupted:
+                return 130
+            if summary.failed:
+                failed += 1
+                print_failures(summary, run.cfg.out, console)
+            keys = {job.key for job in runner.jobs}
+            with Store(run.cfg.out) as store:
+                results = store.results()
+            frames.append(results[results["key"].isin(keys)])
+        table = reproduce.report(pd.concat(frames, ignore_index=True), paper, out)
+        if not table.empty:
+            target = Path(runners[0][0].cfg.out) / f"reproduce_{paper.name}.csv"
+            table.to_csv(target, index=False)
+            console.print(f"wrote {target}")
+    for item in missing:
+        console.print(item.line(), highlight=False)
+    return 1 if failed else 0
 
 
 def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
@@ -117,13 +203,21 @@ def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     console = table_console()
-    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    kinds = [args.kind] if args.kind else [*REGISTRIES, "papers"]
     for kind in kinds:
         table = Table(title=kind)
         table.add_column("name", style="bold")
         table.add_column("description")
-        for name, cls in REGISTRIES[kind]:
-            if not getattr(cls, "hidden", False):
+        if kind == "papers":
+            for name in paper_names():
+                paper = load_paper(name)
+                found = sum(f.value is not None for f in paper.figures)
+                table.add_row(name, f"{paper.title} ({paper.reference}); configs {', '.join(paper.configs)}; "
+                                    f"{found} figures, {len(paper.figures) - found} not found")
+        for name, cls in REGISTRIES.get(kind, []):
+            if kind == "datasets" and getattr(cls, "hidden", False):  # named, never in "all"
+                table.add_row(name, f"{cls.description} (not in 'all')")
+            elif not getattr(cls, "hidden", False):
                 table.add_row(name, cls.description)
         console.print(table)
     return 0
@@ -132,9 +226,11 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     with open_existing(args.out) as store:
         results, checks = store.results(), store.checks()
-    leaderboard.render(leaderboard.wide(results, args.metric, checks), table_console(), args.metric)
+    figures = [f for name in paper_names() for f in load_paper(name).figures] if args.reported else []
+    shown = cell_reported(results, figures, args.metric) if figures else None
+    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown), table_console(), args.metric)
     ensure_writable(args.out)
-    for path in leaderboard.write(results, args.out, args.metric, checks):
+    for path in leaderboard.write(results, args.out, args.metric, checks, shown):
         console.print(f"wrote {path}")
     return 0
 
@@ -154,7 +250,7 @@ def cmd_defects(args: argparse.Namespace, console: Console) -> int:
     from robust_ad_bench.benchmark import defects
 
     with open_existing(args.out) as store:
-        table = defects.defect_table(store)
+        table = defects.defect_table(store, args.data_root)
     if table.empty:
         console.print("[yellow]no finished jobs run with --n-anomalies (and defect names) to break down[/yellow]")
         return 0
@@ -192,6 +288,31 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _number(kind: type, minimum: float = 0, strict: bool = True) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above ``minimum`` (or at it, when not ``strict``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value < minimum or strict and value == minimum:
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from robust_ad_bench.benchmark.report import build_report
+
+    ensure_writable(args.out)
+    with open_existing(args.out) as store:
+        path = build_report(store, args.out)
+    console.print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
@@ -218,22 +339,56 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the grid and what is left to compute")
     run.add_argument("--no-checks", action="store_true",
                      help="skip the sanity checks of the attacks (they are on by default)")
+    for parser_ in (run, rep := sub.add_parser(
+            "reproduce", parents=[common], help="run a paper's packaged configs on the data present and print "
+                                                 "reported vs reproduced figures")):
+        parser_.add_argument("--data-root", help=f"folder holding the datasets (default: ${DATA_ENV})")
+        parser_.add_argument("--executor", help=f"{', '.join(EXECUTORS)}: this process (default), worker "
+                                                 "processes on this machine, or Ray (the [ray] extra)")
+        parser_.add_argument("--workers", type=_number(int),
+                             help="local: worker processes (default: one per core); ray: CPUs of the local cluster")
+        parser_.add_argument("--threads", type=_number(int),
+                             help="torch threads per worker (default: the cores split between the workers)")
+        parser_.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
+        parser_.add_argument("--job-timeout", type=_number(float), metavar="SECONDS",
+                             help="stop a training, job, checks or certification running longer, record it "
+                                  "failed and go on (serial: runs the steps in one child process)")
+        parser_.add_argument("--retries", type=_number(int, 0, strict=False),
+                             help="run a step again this many times when its worker process died (default: 1)")
+        parser_.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                             help="set one option of the config, e.g. method_params.ae.epochs=5 or "
+                                  "dataset_params.mvtec.resize=224 (repeatable; VALUE is YAML)")
+    rep.add_argument("paper", help="a packaged paper (robust-ad-bench list papers)")
+    for flag, text in (("--methods", "narrow to these methods"), ("--datasets", "narrow to these datasets"),
+                       ("--classes", "narrow to these classes"), ("--attacks", "narrow to these attacks"),
+                       ("--eps", "budgets instead of the paper's"), ("--seeds", "seeds instead of the paper's"),
+                       ("--out", "results folder (default: the config's, else results/PAPER)"),
+                       ("--device", "auto, cpu, cuda or cuda:N")):
+        rep.add_argument(flag, help=text)
+    rep.add_argument("--dry-run", action="store_true", help="print the grids and what is skipped; run nothing")
+    rep.add_argument("--no-checks", action="store_true", help="skip the sanity checks of the attacks")
 
-    lst = sub.add_parser("list", parents=[common], help="list registered methods, attacks or datasets")
-    lst.add_argument("kind", nargs="?", help="methods, attacks or datasets (default: all three)")
+    lst = sub.add_parser("list", parents=[common], help="list registered methods, attacks, datasets or papers")
+    lst.add_argument("kind", nargs="?", help="methods, attacks, datasets or papers (default: all four)")
 
     board = sub.add_parser("leaderboard", parents=[common],
                            help="print the leaderboard and write CSV, Markdown and LaTeX")
     board.add_argument("--out", default="results", help="results folder (default: results)")
     board.add_argument("--metric", default="auroc", help=f"{', '.join(leaderboard.METRICS)} (default: auroc)")
+    board.add_argument("--reported", action="store_true",
+                       help="add each paper's reported figure beside the cells it matches (see: list papers)")
     audit = sub.add_parser("audit", parents=[common],
                            help="per method: attacks run, worst-case AUROC, failed sanity checks")
     audit.add_argument("--out", default="results", help="results folder (default: results)")
     plot = sub.add_parser("plot", parents=[common], help="write PNG plots: AUROC against eps, score histograms")
     plot.add_argument("--out", default="results", help="results folder (default: results)")
+    rep = sub.add_parser("report", parents=[common], help="write OUT/report.html: sortable leaderboards, check "
+                                                          "flags and plots in one file that needs no server")
+    rep.add_argument("--out", default="results", help="results folder (default: results)")
     dfx = sub.add_parser("defects", parents=[common],
                          help="AUROC per defect type and on seen vs unseen types (few-anomaly grids)")
     dfx.add_argument("--out", default="results", help="results folder (default: results)")
+    dfx.add_argument("--data-root", help=f"where the datasets' files are, to rebuild the splits (default: ${DATA_ENV})")
     exp = sub.add_parser("export", parents=[common], help="write one row per job")
     exp.add_argument("--out", default="results", help="results folder (default: results)")
     exp.add_argument("--format", default="csv", help="csv or json (default: csv)")
@@ -241,16 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "export": cmd_export,
-            "plot": cmd_plot, "audit": cmd_audit, "defects": cmd_defects}
+COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "list": cmd_list, "leaderboard": cmd_leaderboard,
+            "export": cmd_export, "plot": cmd_plot, "audit": cmd_audit, "defects": cmd_defects, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
-        if args.command == "list" and args.kind and args.kind not in REGISTRIES:
-            raise unknown_choice("kind", args.kind, REGISTRIES)
+        if args.command == "list" and args.kind and args.kind not in (*REGISTRIES, "papers"):
+            raise unknown_choice("kind", args.kind, (*REGISTRIES, "papers"))
         if args.command == "leaderboard" and args.metric not in leaderboard.METRICS:
             raise unknown_choice("metric", args.metric, leaderboard.METRICS)
         if args.command == "export" and args.format not in ("csv", "json"):
@@ -259,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_plugin_file(path)
         return COMMANDS[args.command](args, console)
     except BenchError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)  # one line, never wrapped
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: finished jobs are in the store; run again to resume")

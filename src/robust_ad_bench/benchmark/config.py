@@ -12,12 +12,13 @@ import yaml
 
 from robust_ad_bench.benchmark.certification import CertifyConfig
 from robust_ad_bench.benchmark.checks import CheckConfig
+from robust_ad_bench.benchmark.execution import ExecutionConfig
 from robust_ad_bench.benchmark.jobs import AttackSpec, Job, ModelSpec
 from robust_ad_bench.core.attack import NORMS, check_eps
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.params import build_config, config_dict
 from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
-from robust_ad_bench.datasets.protocols import PROTOCOLS, SplitSpec
+from robust_ad_bench.datasets.protocols import PROTOCOLS, SplitSpec, freeze_params
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd")
 
@@ -48,6 +49,13 @@ class GridConfig:
     # "transductive": train and score one contaminated set (``datasets.protocols.transductive_split``)
     protocol: str = "one-class"
     contamination: float = 0.1  # transductive only: anomalies per normal image
+    # stochastic detectors: each evaluated score (grid figures and sanity checks alike) is the mean of this
+    # many draws, so that the checks measure the attack, not the scoring noise
+    eval_samples: int = 8
+    # per dataset: its options (``root``, load-time transforms ``resize``/``crop``/``color``, ...)
+    dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data_root: str | None = None  # where datasets read files (else $ROBUST_AD_BENCH_DATA); not in any key
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # how it runs (executor, timeouts)
 
 
 def parse_eps(value: Any) -> float:
@@ -109,19 +117,47 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise BenchError(f"config '{path}' must be a mapping of options, got {type(data).__name__}")
-    valid = {f.name for f in fields(GridConfig)} | {"reported"}
+    valid = {f.name for f in fields(GridConfig)}
     for key in data:
         if key not in valid:
             raise unknown_choice(f"option in config '{path}'", key, valid)
-    data.pop("reported", None)  # paper figures beside the grid: not part of what runs
     return data
 
 
-def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConfig:
-    """YAML options (the packaged ``default`` grid when no file is given), then CLI flags (those not None)
-    on top."""
-    data = load_yaml(yaml_path or "default")
+def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
+    """``--set a.b.c=VALUE`` (VALUE read as YAML): set one option, however deep, e.g.
+    ``method_params.bgad.epochs=2`` or ``dataset_params.mvtec.resize=224``."""
+    valid = {f.name for f in fields(GridConfig)}
+    for item in sets or []:
+        path, sep, text = item.partition("=")
+        keys = [k.strip() for k in path.split(".")]
+        if not sep or not all(keys):
+            raise BenchError(f"--set takes KEY.PATH=VALUE (e.g. method_params.ae.epochs=5), got {item!r}")
+        if keys[0] not in valid:
+            raise unknown_choice("option in --set", keys[0], valid)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise BenchError(f"--set {path}: value {text!r} is not valid YAML") from None
+        node = data
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[keys[-1]] = value
+    return data
+
+
+def make_grid_config(yaml_path: str | None = None, sets: list[str] | None = None,
+                     execution: dict[str, Any] | None = None, **overrides: Any) -> GridConfig:
+    """YAML options (the packaged ``default`` grid when no file is given), then ``--set`` options, then CLI
+    flags (those not None) on top; ``execution`` flags are merged into the YAML's ``execution`` section."""
+    data = apply_sets(load_yaml(yaml_path or "default"), sets)
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if execution:
+        section = data.get("execution")
+        data["execution"] = {**(section if isinstance(section, dict) else {}),
+                             **{k: v for k, v in execution.items() if v is not None}}
     for key in ("methods", "datasets", "attacks", "seeds"):
         if key in data:
             data[key] = _as_list(data[key])
@@ -134,17 +170,26 @@ def make_grid_config(yaml_path: str | None = None, **overrides: Any) -> GridConf
     data["eps"] = parse_eps_spec(data.get("eps"))
     data["n_anomalies"] = _per_dataset_option(data.get("n_anomalies", 0), _anomaly_count)
     counts = data["n_anomalies"].values() if isinstance(data["n_anomalies"], dict) else [data["n_anomalies"]]
+    eval_samples = data.get("eval_samples", 8)
+    if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 1:
+        raise BenchError(f"eval_samples must be an integer >= 1, got {eval_samples!r}")
     if data.get("known_defects") and not any(counts):
         raise BenchError("known_defects is set but n_anomalies is 0; give n_anomalies too")
     if isinstance(data.get("classes"), str):
         data["classes"] = _as_list(data["classes"])
     if data.get("classes") == ["all"]:
         data["classes"] = None  # every class of every dataset
-    for key in ("method_params", "attack_params"):
+    for key in ("method_params", "attack_params", "dataset_params"):
         if not isinstance(data.get(key, {}), dict):
             raise BenchError(f"{key} must be a mapping of name -> parameters")
+        for name, params in data.get(key, {}).items():
+            if params is not None and not isinstance(params, dict):
+                raise BenchError(f"{key}.{name} must be a mapping of parameters, got {params!r}")
+    if data.get("data_root") is not None:
+        data["data_root"] = str(data["data_root"])
     data["checks"] = _section(data.get("checks"), CheckConfig, "checks", off={"enabled": False})
     data["certify"] = _section(data.get("certify"), CertifyConfig, "certify", off={"methods": "none"})
+    data["execution"] = _section(data.get("execution"), ExecutionConfig, "execution", off={})
     return GridConfig(**data)
 
 
@@ -186,7 +231,7 @@ def _section(value: Any, config_cls: type, name: str, off: dict[str, Any]) -> An
     return build_config(config_cls, value, name)
 
 
-def _classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
+def classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
     spec = cfg.classes
     if spec is None:
         return dataset.classes()
@@ -236,9 +281,12 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                                                f"method '{m}'")) for m in methods}
     attack_cfgs = {a: config_dict(build_config(ATTACKS.get(a).Config, cfg.attack_params.get(a),
                                                f"attack '{a}'")) for a in attacks}
+    for name, params in cfg.dataset_params.items():  # every named dataset's options, even if not in the grid
+        DATASETS.get(name).create(params, cfg.data_root)
     jobs: list[Job] = []
     for ds_name in datasets:
-        dataset = DATASETS.get(ds_name)()
+        dataset = DATASETS.get(ds_name).create(cfg.dataset_params.get(ds_name), cfg.data_root)
+        ds_params, ds_key = freeze_params(cfg.dataset_params.get(ds_name)), dataset.key_params()
         n_anomalies = _for_dataset(cfg.n_anomalies, cfg, ds_name, "n_anomalies") or 0
         known_list = _for_dataset(cfg.known_defects, cfg, ds_name, "known_defects")
         known = tuple(sorted({str(d) for d in known_list})) if known_list and n_anomalies else None
@@ -246,13 +294,16 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
             for kind in known:
                 if kind not in dataset.defect_kinds:
                     raise unknown_choice(f"known defect type of dataset '{ds_name}'", kind, dataset.defect_kinds)
-        for cls in _classes_for(cfg, dataset):
+        for cls in classes_for(cfg, dataset):
             for seed in cfg.seeds:
-                split = SplitSpec(ds_name, cls, seed, n_anomalies, known, protocol, contamination)
+                split = SplitSpec(ds_name, cls, seed, n_anomalies, known, protocol, contamination, ds_params,
+                                  cfg.data_root)
                 for m in methods:
                     method = METHODS.get(m)
                     model = ModelSpec(m, method.version, method_cfgs[m], dataset.version, split,
-                                      trains_on_anomalies=bool(n_anomalies and method.needs_anomalies))
+                                      trains_on_anomalies=bool(n_anomalies and method.needs_anomalies),
+                                      dataset_params=ds_key)
+                    draws = cfg.eval_samples if method.stochastic else 1
                     for a in attacks:
                         attack = ATTACKS.get(a)
                         norm = attack.norm
@@ -260,5 +311,5 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                             (cfg.eps or {}).get(norm) or list(dataset.default_eps[norm]))
                         for eps in eps_list:
                             jobs.append(Job.build(model, AttackSpec(a, attack.version, attack_cfgs[a], norm,
-                                                                    float(eps))))
+                                                                    float(eps)), draws))
     return jobs

@@ -37,13 +37,14 @@ def defect_aurocs(labels: np.ndarray, scores: np.ndarray, defects: list[str],
     return out
 
 
-def defect_table(store: Store) -> pd.DataFrame:
-    """One row per finished few-anomaly job and group (defect type, seen, unseen) with its AUROC."""
+def defect_table(store: Store, data_root: str | None = None) -> pd.DataFrame:
+    """One row per finished few-anomaly job and group (defect type, seen, unseen) with its AUROC (splits of
+    datasets read from files are rebuilt from ``data_root``, else ``$ROBUST_AD_BENCH_DATA``)."""
     results = store.results(status="ok")
     rows: list[dict[str, Any]] = []
     splits: dict[SplitSpec, Split] = {}  # rows come method by method: keep every split they test on
     for job in results.itertuples():
-        spec = StoredConfig.parse(job.config).split()
+        spec = StoredConfig.parse(job.config).split(data_root)
         stored = store.scores(job.key)
         if not spec.n_anomalies or stored is None:
             continue

@@ -1,146 +1,114 @@
-"""Where the work of a grid runs. The unit of work is one trained model (``ModelTask``): fit or load it,
-run its pending jobs, then its sanity checks and certificates. ``run_task`` does that anywhere (it touches
-no store and needs only the model cache folder) and yields events as they happen; the driver alone writes
-them to the store, so workers never contend for the SQLite file.
+"""Where the work of a grid runs. The unit of work is one trained model (``ModelTask``), run as steps (its
+training, each job, each per-image worst case, its checks, its certificates; ``steps.run_step``) that
+touch no store; the driver alone writes the events they yield, so workers never contend for the SQLite
+file.
 
-An executor turns tasks into a stream of events. ``SerialExecutor`` runs them one after the other in this
-process; another executor (a process pool, a Ray cluster) is one new class with the same ``run``.
+An executor turns tasks into a stream of events: ``run(tasks, progress, stop)``. The task iterable may
+yield ``None`` for "nothing can start now" (every remaining task is claimed by another run): the executor
+asks again a moment later. Three executors share one scheduler (``scheduler.StepScheduler``):
+
+- ``serial`` (default): every step in this process, one after the other (torch uses the cores);
+- ``local``: a pool of worker processes on this machine (``pool.ProcessPool``), the cores split between them;
+- ``ray``: Ray tasks on a local or existing Ray cluster (``ray_executor``; the optional ``[ray]`` extra).
+
+A job timeout needs a step that can be stopped: ``serial`` with ``job_timeout`` runs its steps in one child
+process (a local pool of one worker with every core), because a step hung in the driver's own thread
+cannot be stopped safely.
 """
 
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
-from robust_ad_bench.benchmark.certification import CertifyConfig
-from robust_ad_bench.benchmark.checks import CheckConfig
-from robust_ad_bench.benchmark.evaluation import evaluate_job, job_result, model_certificates, model_checks
-from robust_ad_bench.benchmark.jobs import Job
-from robust_ad_bench.benchmark.model_cache import ModelCache
-from robust_ad_bench.benchmark.runtime import resolve_device
-from robust_ad_bench.benchmark.store import CertifiedRow, CheckRow, JobResult
-from robust_ad_bench.core.detector import ProgressFn
-from robust_ad_bench.datasets.protocols import make_split
+import torch
 
-ProgressFactory = Callable[[Job], ProgressFn | None]  # a training progress callback for a model's first job
-
-
-@dataclass
-class ModelTask:
-    """The work of one trained model."""
-
-    jobs: list[Job]  # every job of the model, in grid order
-    pending: list[Job]  # those still to compute
-    known: dict[str, float] = field(default_factory=dict)  # AUROC of its jobs already stored, by job key
-    check_key: str | None = None  # checks still to compute (None: off, or already stored)
-    cert_key: str | None = None  # certificates still to compute
-    checks: CheckConfig = field(default_factory=CheckConfig)
-    certify: CertifyConfig = field(default_factory=CertifyConfig)
-    models: Path = Path("results/models")  # the model cache folder
-    device: str = "cpu"
-
-
-@dataclass
-class Trained:
-    """The model is ready (``fitted``: trained now, else loaded from the cache)."""
-
-    job: Job
-    fitted: bool
-
-
-@dataclass
-class JobDone:
-    """A job finished, successfully or not (``result.status``); a failure carries its traceback."""
-
-    job: Job
-    result: JobResult
-    traceback: str = ""
-
-
-@dataclass
-class ChecksDone:
-    job: Job
-    rows: list[CheckRow]
-
-
-@dataclass
-class CertifiedDone:
-    job: Job
-    rows: list[CertifiedRow]
-
-
-@dataclass
-class StepFailed:
-    """The checks or the certification of a model raised."""
-
-    job: Job
-    message: str
-    traceback: str
-
-
-Event = Trained | JobDone | ChecksDone | CertifiedDone | StepFailed
-
-
-def _trace(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))
-
-
-def run_task(task: ModelTask, progress: ProgressFactory | None = None) -> Iterator[Event]:
-    """Run one model's work and yield what happened, in order."""
-    device = resolve_device(task.device)
-    first = task.jobs[0]
-    start = time.perf_counter()
-    try:
-        split = make_split(first.model.split)
-        detector, fitted = ModelCache(task.models, device).get(
-            first.model, first.train_key, split, lambda: progress(first) if progress else None)
-    except Exception as exc:
-        message, trace = f"training failed: {type(exc).__name__}: {exc}", _trace(exc)
-        for i, job in enumerate(task.pending):  # the traceback is logged once, with the first job
-            yield JobDone(job, job_result(job, "failed", seconds=time.perf_counter() - start, error=message),
-                          trace if i == 0 else "")
-        return
-    yield Trained(first, fitted)
-    auroc = dict(task.known)
-    for job in task.pending:
-        start = time.perf_counter()
-        try:
-            result = evaluate_job(job, detector, split, device)
-        except Exception as exc:
-            yield JobDone(job, job_result(job, "failed", seconds=time.perf_counter() - start,
-                                          error=f"{type(exc).__name__}: {exc}"), _trace(exc))
-            continue
-        result.seconds = time.perf_counter() - start
-        auroc[job.key] = result.metrics["auroc"]
-        yield JobDone(job, result)
-    if any(job.key not in auroc for job in task.jobs):
-        return  # checks compare the figures of every job of the model: only once all succeeded
-    figures = {(job.attack, job.eps): auroc[job.key] for job in task.jobs}
-    if task.check_key:
-        try:
-            yield ChecksDone(first, model_checks(task.jobs, task.check_key, figures, detector, split, task.checks,
-                                                 device))
-        except Exception as exc:  # reported, and the grid goes on
-            yield StepFailed(first, f"checks failed: {type(exc).__name__}: {exc}", _trace(exc))
-    if task.cert_key:
-        try:
-            yield CertifiedDone(first, model_certificates(task.jobs, task.cert_key, detector, split, task.certify,
-                                                          device))
-        except Exception as exc:
-            yield StepFailed(first, f"certify failed: {type(exc).__name__}: {exc}", _trace(exc))
+from robust_ad_bench.benchmark.execution import ExecutionConfig, cpu_count
+from robust_ad_bench.benchmark.scheduler import Outcome, ProgressFactory, StepScheduler
+from robust_ad_bench.benchmark.steps import forget_models, release_free_memory, run_step
+from robust_ad_bench.benchmark.tasks import (  # noqa: F401  (re-exported: the events of an executor)
+    CertifiedDone,
+    ChecksDone,
+    Event,
+    JobDone,
+    ModelDone,
+    ModelTask,
+    Step,
+    StepFailed,
+    Trained,
+    WorstDone,
+)
 
 
 class Executor(Protocol):
-    def run(self, tasks: Iterable[ModelTask], progress: ProgressFactory | None = None) -> Iterator[Event]: ...
+    def run(self, tasks: Iterable[ModelTask | None], progress: ProgressFactory | None = None,
+            stop: Callable[[], bool] | None = None) -> Iterator[Event]: ...
 
 
-class SerialExecutor:
-    """Every task in this process, one after the other (torch uses the cores)."""
+class InlineBackend:
+    """Runs each step in this process when the scheduler waits for it."""
 
-    def run(self, tasks: Iterable[ModelTask], progress: ProgressFactory | None = None) -> Iterator[Event]:
-        for task in tasks:
-            yield from run_task(task, progress)
+    can_kill = False
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+        self.queued: dict[int, tuple[Step, ProgressFactory | None]] = {}
+        self.count = 0
+        self.previous_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+
+    def free(self, step: Step) -> bool:
+        return not self.queued
+
+    def has_room(self) -> bool:
+        return not self.queued
+
+    def submit(self, step: Step, model: Any, progress: ProgressFactory | None) -> int:
+        self.count += 1
+        self.queued[self.count] = (step, progress)
+        return self.count
+
+    def wait(self, timeout: float) -> list[tuple[int, Outcome]]:
+        done = []
+        for handle, (step, progress) in list(self.queued.items()):
+            event, _ = run_step(step, progress=partial(progress, step.task.first) if progress else (lambda: None))
+            release_free_memory()
+            del self.queued[handle]
+            done.append((handle, Outcome(event)))
+        if not done:
+            time.sleep(timeout)
+        return done
+
+    def kill(self, handle: int) -> None:
+        raise NotImplementedError("an in-process step cannot be stopped")
+
+    def close(self, kill: bool) -> None:
+        self.queued.clear()
+        forget_models()  # the last model stays in memory no longer than the run
+        if self.threads:
+            torch.set_num_threads(self.previous_threads)
+
+
+class SerialExecutor(StepScheduler):
+    """Every step in this process, one after the other (torch uses the cores, or ``threads``)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__(lambda: InlineBackend(threads))
+
+
+def make_executor(cfg: ExecutionConfig) -> Executor:
+    """The executor ``cfg`` names (validated when the config was made)."""
+    if cfg.executor == "ray":
+        from robust_ad_bench.benchmark.ray_executor import RayExecutor  # the optional extra
+
+        return RayExecutor(cfg)
+    from robust_ad_bench.benchmark.pool import LocalExecutor
+
+    if cfg.executor == "local":
+        return LocalExecutor(cfg.local_workers(), cfg.worker_threads(), cfg.job_timeout, cfg.retries)
+    if cfg.job_timeout is not None:  # serial, but in one child process that can be stopped
+        return LocalExecutor(1, cfg.threads or cpu_count(), cfg.job_timeout, cfg.retries)
+    return SerialExecutor(cfg.threads)

@@ -8,7 +8,8 @@ changed setting always is:
   class and seed, the protocol, and the labelled anomalies the method trained on (if it did);
 - ``Job.key``: the training key, the test set (the few-anomaly hold-out), the attack, its version and
   parameters, the norm and eps;
-- ``check_key`` / ``certificate_key``: the sanity checks and certificates of one trained model.
+- ``check_key`` / ``certificate_key``: the sanity checks and certificates of one trained model;
+- ``WorstCase.key``: the per-image worst case of one trained model at one norm and eps (a derived row).
 
 The JSON payloads hashed here are also what the store keeps of a job (its ``config`` column); keys of
 earlier runs stay valid only while these payloads stay the same (``tests/test_pinned_behaviour.py``).
@@ -19,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from robust_ad_bench.benchmark.certification import CertifyConfig
 from robust_ad_bench.benchmark.checks import CHECKS_VERSION, CheckConfig
+from robust_ad_bench.benchmark.worst_case import WORST_CASE_VERSION
 from robust_ad_bench.core.params import config_dict
-from robust_ad_bench.datasets.protocols import SplitSpec
+from robust_ad_bench.datasets.protocols import SplitSpec, stored_params
 
 
 def content_key(payload: dict[str, Any]) -> str:
@@ -57,12 +59,17 @@ class ModelSpec:
     dataset_version: str
     split: SplitSpec
     trains_on_anomalies: bool  # the method needs anomalies and the grid holds some out
+    # the dataset options that change its data (``Dataset.key_params``: transforms, never the data root);
+    # in the payload only when there are some, so the keys of datasets without options stay what they were
+    dataset_params: dict[str, Any] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
         s = self.split
         payload = {"method": self.method, "method_version": self.method_version, "params": self.params,
                    "dataset": s.dataset, "dataset_version": self.dataset_version, "normal_class": s.normal_class,
                    "seed": s.seed, **_protocol_payload(s)}
+        if self.dataset_params:
+            payload["dataset_params"] = self.dataset_params
         if self.trains_on_anomalies:
             payload["anomalies_seen"] = _few_payload(s)
         return payload
@@ -91,11 +98,13 @@ class Job:
     attack_spec: AttackSpec
     train_key: str
     key: str
+    eval_samples: int = 1  # draws averaged per evaluated score (> 1 only for stochastic detectors)
 
     @classmethod
-    def build(cls, model: ModelSpec, attack: AttackSpec) -> Job:
+    def build(cls, model: ModelSpec, attack: AttackSpec, eval_samples: int = 1) -> Job:
         train_key = model.key
-        return cls(model, attack, train_key, content_key({"train_key": train_key, **job_payload(model, attack)}))
+        payload = {"train_key": train_key, **job_payload(model, attack, eval_samples)}
+        return cls(model, attack, train_key, content_key(payload), eval_samples)
 
     # the identity of a job as the store, the leaderboard and the CLI read it
     method = property(lambda self: self.model.method)
@@ -109,16 +118,60 @@ class Job:
     @property
     def config(self) -> dict[str, Any]:
         """The payload the job key hashes (stored beside the result)."""
-        return job_payload(self.model, self.attack_spec)
+        return job_payload(self.model, self.attack_spec, self.eval_samples)
 
 
-def job_payload(model: ModelSpec, attack: AttackSpec) -> dict[str, Any]:
+def job_payload(model: ModelSpec, attack: AttackSpec, eval_samples: int = 1) -> dict[str, Any]:
     payload = model.payload()
     few = _few_payload(model.split)
     if few:  # the reduced test set
         payload["few_anomalies"] = few
+    if eval_samples > 1:  # only stochastic detectors: the keys of the others stay what they were
+        payload["eval_samples"] = eval_samples
     return {**payload, "attack": attack.name, "attack_version": attack.version, "attack_params": attack.params,
             "norm": attack.norm, "eps": round(attack.eps, 10)}
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """The per-image worst case of one trained model over every attack of one norm at one eps: a derived
+    result stored as a row of its own (attack ``worst-<norm>``), like any other cell."""
+
+    norm: str
+    eps: float
+    jobs: tuple[Job, ...]  # the attacked jobs it combines (two or more attacks)
+    key: str
+
+    attack = property(lambda self: f"worst-{self.norm}")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What the store keeps of it: its jobs' payload (model, test set, draws) and the attacks combined."""
+        shared = {k: v for k, v in self.jobs[0].config.items() if not k.startswith("attack")}
+        return {**shared, "derived": "worst-case", "version": WORST_CASE_VERSION,
+                "attacks": [j.attack for j in self.jobs], "jobs": [j.key for j in self.jobs], "norm": self.norm,
+                "eps": round(self.eps, 10)}
+
+    def job(self) -> Job:
+        """A job record carrying the identity of the row (method, dataset, class, seed, norm, eps)."""
+        first = self.jobs[0]
+        spec = AttackSpec(self.attack, WORST_CASE_VERSION, {}, self.norm, self.eps)
+        return Job(first.model, spec, first.train_key, self.key, first.eval_samples)
+
+
+def worst_case_groups(jobs: Sequence[Job]) -> list[WorstCase]:
+    """Per norm and eps > 0 that two or more attacks of one trained model ran: its worst case."""
+    groups: dict[tuple[str, float], list[Job]] = {}
+    for job in jobs:
+        if job.norm != "none" and job.eps > 0:
+            groups.setdefault((job.norm, round(job.eps, 10)), []).append(job)
+    out = []
+    for (norm, _), members in groups.items():
+        if len({j.attack for j in members}) >= 2:
+            key = content_key({"worst_case": WORST_CASE_VERSION, "train_key": members[0].train_key,
+                               "jobs": sorted(j.key for j in members)})
+            out.append(WorstCase(norm, members[0].eps, tuple(members), key))
+    return out
 
 
 def check_key(jobs: Sequence[Job], checks: CheckConfig) -> str | None:
@@ -127,8 +180,11 @@ def check_key(jobs: Sequence[Job], checks: CheckConfig) -> str | None:
         return None
     attacks = {job.attack: [job.attack_spec.version, job.attack_spec.params] for job in jobs}
     eps = sorted({(job.attack, job.eps) for job in jobs})
-    return content_key({"train_key": jobs[0].train_key, "checks": config_dict(checks), "version": CHECKS_VERSION,
-                        "attacks": attacks, "eps": eps, "test_set": _few_payload(jobs[0].model.split)})
+    payload = {"train_key": jobs[0].train_key, "checks": config_dict(checks), "version": CHECKS_VERSION,
+               "attacks": attacks, "eps": eps, "test_set": _few_payload(jobs[0].model.split)}
+    if jobs[0].eval_samples > 1:
+        payload["eval_samples"] = jobs[0].eval_samples
+    return content_key(payload)
 
 
 def certificate_key(jobs: Sequence[Job], certify: CertifyConfig, certifiable: bool) -> str | None:
@@ -154,10 +210,11 @@ class StoredConfig:
         """Whether the model trained on labelled anomalies."""
         return bool(self.payload.get("anomalies_seen"))
 
-    def split(self) -> SplitSpec:
-        """The split the job was tested on."""
+    def split(self, data_root: str | None = None) -> SplitSpec:
+        """The split the job was tested on (files read under ``data_root``, else ``$ROBUST_AD_BENCH_DATA``)."""
         p = self.payload
         few = p.get("few_anomalies") or {}
         known = few.get("known_defects")
         return SplitSpec(p["dataset"], str(p["normal_class"]), int(p["seed"]), few.get("n_anomalies", 0),
-                         tuple(known) if known else None, p.get("protocol", "one-class"), p.get("contamination"))
+                         tuple(known) if known else None, p.get("protocol", "one-class"), p.get("contamination"),
+                         stored_params(p["dataset"], p.get("dataset_params")), data_root)

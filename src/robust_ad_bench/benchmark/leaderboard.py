@@ -2,8 +2,10 @@
 
 Built only from the store. Rendered with rich in the terminal; written as CSV (long, numeric), Markdown
 and LaTeX (wide, "mean ± std"). A cell whose sanity checks failed carries their flags (``!B``: a
-black-box attack beat it, see ``FLAG_LEGEND``); for each norm and eps attacked by several attacks a
-"worst" column holds the worst case per model over those attacks and names the attack that achieved it.
+black-box attack beat it, see ``FLAG_LEGEND``; ``!?``: the model's checks did not run). For each norm and
+eps attacked by several attacks a ``worst-<norm>`` column holds the AUROC of the per-image worst case over
+those attacks (a derived row the runner stores, see ``benchmark.worst_case``), with the attack that won
+most images and the flags of every attack it combines.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from robust_ad_bench.benchmark.checks import FLAGS
+from robust_ad_bench.benchmark.checks import flag_of
 from robust_ad_bench.benchmark.jobs import StoredConfig
 
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
@@ -25,8 +27,10 @@ FLAG_LEGEND = {
     "L": "a very large eps did not break the detector",
     "m": "AUROC rose as eps grew",
     "0": "eps 0 did not reproduce the clean AUROC",
-    "!": "a check could not run (see failures.log)",
+    "!": "a check raised (its message: robust-ad-bench audit)",
+    "?": "the model's sanity checks did not run (checks off, or one of its jobs failed)",
 }
+WORST_PREFIX = "worst-"
 
 
 def eps_label(eps: float, norm: str) -> str:
@@ -43,43 +47,78 @@ def column_label(dataset: str, attack: str, norm: str, eps: float) -> str:
     return f"{dataset} {attack}" if norm == "none" else f"{dataset} {attack} {eps_label(eps, norm)}"
 
 
-def check_flags(checks: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
-    """(method, dataset, attack) -> the flags of every check that failed for it, e.g. ``"Bs"``."""
-    if checks is None or checks.empty:
+def check_flags(checks: pd.DataFrame | None, results: pd.DataFrame | None = None) -> dict[tuple[str, str, str], str]:
+    """(method, dataset, attack) -> the flags of every check that failed for it, e.g. ``"Bs"``; a check of
+    the whole model (attack ``*``) flags all its attacks. With ``results``, the attacked cells of models
+    that have no check rows at all get ``?``."""
+    if checks is None:
         return {}
-    failed = checks[~checks["passed"].astype(bool)]
-    return {key: "".join(sorted({FLAGS.get(n, "!") for n in group["name"]}))
-            for key, group in failed.groupby(["method", "dataset", "attack"])}
+    found: dict[tuple[str, str, str], set[str]] = {}
+    failed = checks[~checks["passed"].astype(bool)] if not checks.empty else checks
+    for key, group in failed.groupby(["method", "dataset", "attack"]) if not failed.empty else []:
+        found.setdefault(key, set()).update(flag_of(n) for n in group["name"])
+    if results is not None and not results.empty:
+        attacked = results[(results["status"] == "ok") & (results["norm"] != "none")]
+        checked = set(checks["train_key"]) if not checks.empty else set()
+        for method, dataset, attack, train_key in attacked[["method", "dataset", "attack", "train_key"]].values:
+            if train_key not in checked:
+                found.setdefault((method, dataset, attack), set()).add("?")
+            found.setdefault((method, dataset, attack), set()).update(found.get((method, dataset, "*"), set()))
+    return {key: "".join(sorted(v)) for key, v in found.items() if v and key[2] != "*"}
 
 
 MODEL_EPS = ["train_key", "norm", "eps"]
 
 
-def lowest_per_model(results: pd.DataFrame, min_attacks: int = 1) -> pd.DataFrame:
-    """Per model (train_key), norm and eps attacked by at least ``min_attacks`` attacks: the row of the
-    attack with the lowest AUROC (the worst case over the attacks run)."""
+def is_worst(attacks: pd.Series) -> pd.Series:
+    return attacks.astype(str).str.startswith(WORST_PREFIX)
+
+
+def drop_superseded_worst(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model, norm and eps, only the worst-case row over the most attacks (then the lowest): a grid that
+    added an attack leaves its earlier worst case, over fewer attacks and never lower, in the store."""
+    worst = is_worst(results["attack"]) & (results["status"] == "ok")
+    if not worst.any():
+        return results
+    rows = results[worst]
+    combined = rows["config"].map(lambda c: len(StoredConfig.parse(c).payload.get("jobs", [])))
+    ranked = rows.assign(_combined=combined).sort_values(["_combined", "auroc"], ascending=[False, True])
+    keep = ranked.drop_duplicates(MODEL_EPS).index
+    return results[~worst | results.index.isin(keep)]
+
+
+def worst_per_model(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model (train_key), norm and eps > 0: its ``worst-<norm>`` row (the per-image worst case over the
+    attacks run there), or the row of the only attack run there."""
+    results = drop_superseded_worst(results)
     ok = results[(results["status"] == "ok") & (results["norm"] != "none") & results["auroc"].notna()]
-    if min_attacks > 1 and not ok.empty:
-        ok = ok[ok.groupby(MODEL_EPS)["attack"].transform("nunique") >= min_attacks]
-    return ok.loc[ok.groupby(MODEL_EPS)["auroc"].idxmin()] if not ok.empty else ok
+    if ok.empty:
+        return ok
+    worst = ok[is_worst(ok["attack"])]
+    single = ok[~is_worst(ok["attack"])]
+    single = single[single.groupby(MODEL_EPS)["attack"].transform("nunique") == 1]
+    covered = set(map(tuple, worst[MODEL_EPS].values))
+    single = single[[tuple(v) not in covered for v in single[MODEL_EPS].values]]
+    return pd.concat([worst, single])
 
 
-def worst_case(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model, norm and eps attacked by 2+ attacks: the lowest AUROC and its attack, as rows with
-    ``attack`` = "worst-<norm>" and ``by`` = the attack that achieved it."""
-    lowest = lowest_per_model(results, min_attacks=2)
-    if lowest.empty:
-        return lowest.assign(by=pd.Series(dtype=str))
-    return lowest.assign(by=lowest["attack"], attack="worst-" + lowest["norm"])
+def top_winner(detail: str | None) -> str:
+    """The attack that won most images of a worst-case row (its ``attack_detail``: ``won=pgd:61%+...``)."""
+    text = str(detail or "")
+    return text.split("won=", 1)[1].split(":", 1)[0] if "won=" in text else ""
 
 
 def _worst_notes(worst: pd.DataFrame, flags: dict[tuple[str, str, str], str]) -> dict[tuple, str]:
-    """Per worst-case cell: the attack that most often achieved it, and the flags of the attacks that did."""
+    """Per worst-case cell: the attack that won most images most often, and the flags of every attack it
+    combines (and its own ``?``)."""
     notes = {}
     for key, rows in worst.groupby(GROUP):
-        method, dataset = key[0], key[1]
-        found = "".join(sorted({c for a in set(rows["by"]) for c in flags.get((method, dataset, a), "")}))
-        notes[key] = rows["by"].value_counts().index[0] + (f" !{found}" if found else "")
+        method, dataset, attack = key[0], key[1], key[2]
+        combined = {a for c in rows["config"] for a in StoredConfig.parse(c).payload.get("attacks", [])}
+        found = "".join(sorted({f for a in combined | {attack} for f in flags.get((method, dataset, a), "")}))
+        winners = rows["attack_detail"].map(top_winner)
+        notes[key] = " ".join(p for p in (winners.value_counts().index[0] if winners.any() else "",
+                                          f"!{found}" if found else "") if p)
     return notes
 
 
@@ -103,27 +142,27 @@ def _cell(mean: float, std: float, n: int, note: str) -> str:
     return f"{text} {note}" if note else text
 
 
-def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Methods × columns of "mean ± std" strings with check flags; worst-case columns (AUROC only);
-    extra columns flag training and failed jobs."""
+def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None,
+         reported: dict[tuple, str] | None = None) -> pd.DataFrame:
+    """Methods × columns of "mean ± std" strings with check flags, per-image worst-case columns included
+    (their images are the worst per image for any ranking metric); extra columns flag training and failed
+    jobs. ``reported`` ((method, dataset, attack, norm, eps) → a paper's figure, from
+    ``reported.cell_reported``) adds a "<column> reported" column beside each column that has one."""
+    results = drop_superseded_worst(results)
     long = summarize(results, metric)
     if long.empty:
         return pd.DataFrame()
-    flags = check_flags(checks)
-    notes = [f"!{flags[k]}" if k in flags else "" for k in zip(long["method"], long["dataset"], long["attack"])]
-    if metric == "auroc":
-        worst = worst_case(results)
-        if not worst.empty:
-            extra = summarize(worst, metric)
-            worst_notes = _worst_notes(worst, flags)
-            notes += [worst_notes[key] for key in zip(*(extra[c] for c in GROUP))]
-            long = pd.concat([long, extra], ignore_index=True).sort_values("dataset", kind="stable")
-            notes = [notes[i] for i in long.index]
+    flags = check_flags(checks, results)
+    worst_notes = _worst_notes(results[is_worst(results["attack"]) & (results["status"] == "ok")], flags)
+    notes = [worst_notes.get(tuple(r), "") if str(r[2]).startswith(WORST_PREFIX)
+             else (f"!{flags[tuple(r[:3])]}" if tuple(r[:3]) in flags else "") for r in long[GROUP].values]
     long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],
                        cell=[_cell(m, s, n, note) for (m, s, n), note in
                              zip(long[["mean", "std", "n"]].values, notes)])
     table = long.pivot(index="method", columns="column", values="cell")
     table = table[list(dict.fromkeys(long["column"]))].fillna("–")
+    if reported:
+        table = _with_reported(table, long, reported)
     at = results.groupby("method")["adversarially_trained"].any()
     failed = results[results["status"] == "failed"].groupby("method").size()
     table.insert(0, "AT", ["yes" if at.get(m, False) else "" for m in table.index])
@@ -134,6 +173,21 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
     table["failed"] = [int(failed.get(m, 0)) for m in table.index]
     table.index.name = "method"
     return table
+
+
+def _with_reported(table: pd.DataFrame, long: pd.DataFrame, reported: dict[tuple, str]) -> pd.DataFrame:
+    """A "<column> reported" column right of each column where some method has a reported figure."""
+    texts: dict[str, dict[str, str]] = {}
+    for row in long.itertuples(index=False):
+        text = reported.get((row.method, row.dataset, row.attack, row.norm, round(float(row.eps), 10)))
+        if text is not None:
+            texts.setdefault(row.column, {})[row.method] = text
+    columns = {}
+    for column in table.columns:
+        columns[column] = table[column]
+        if column in texts:
+            columns[f"{column} reported"] = pd.Series([texts[column].get(m, "–") for m in table.index], table.index)
+    return pd.DataFrame(columns, index=table.index)
 
 
 def saw_anomalies(results: pd.DataFrame) -> pd.Series:
@@ -183,8 +237,9 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
     seen = "SA: saw a few labelled test anomalies in training (held out of every method's test set). " \
         if "SA" in flags else ""
     console.print(f"AT: adversarially trained. {seen}Robust columns: the attack at that eps, both classes attacked; "
-                  "worst-<norm>: per model, the lowest AUROC over the attacks of that norm, and the attack that "
-                  "achieved it most often.")
+                  "worst-<norm>: per model, the AUROC of the per-image worst score over every attack of that norm "
+                  "at that eps (highest score of each normal, lowest of each anomaly), and the attack that won "
+                  "most images.")
     for line in flag_legend(table):
         console.print(line)
 
@@ -219,14 +274,14 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc",
-          checks: pd.DataFrame | None = None) -> list[Path]:
+          checks: pd.DataFrame | None = None, reported: dict[tuple, str] | None = None) -> list[Path]:
     """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide); other metrics
     than AUROC go to leaderboard_<metric>.*."""
     folder = Path(folder)
-    table = wide(results, metric, checks)
+    table = wide(results, metric, checks, reported)
     stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
-    summarize(results, metric).to_csv(paths[0], index=False)
+    summarize(drop_superseded_worst(results), metric).to_csv(paths[0], index=False)
     legend = "".join(f"\n{line}\n" for line in flag_legend(table)) if not table.empty else ""
     paths[1].write_text(to_markdown(table) + legend if not table.empty else "no finished jobs\n")
     paths[2].write_text(to_latex(table) if not table.empty else "% no finished jobs\n")

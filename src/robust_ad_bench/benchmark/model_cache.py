@@ -21,28 +21,38 @@ from robust_ad_bench.core.registry import DATASETS, METHODS
 
 
 class ModelCache:
-    """The ``models/`` folder of a results folder."""
+    """The ``models/`` folder of a results folder (``None``: no folder; models come as state dicts)."""
 
-    def __init__(self, folder: str | Path, device: torch.device) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path | None, device: torch.device) -> None:
+        self.folder = Path(folder) if folder is not None else None
         self.device = device
 
-    def path(self, train_key: str) -> Path:
-        return self.folder / f"{train_key}.pt"
+    def path(self, train_key: str) -> Path | None:
+        return self.folder / f"{train_key}.pt" if self.folder is not None else None
 
     def get(self, model: ModelSpec, train_key: str, split: Split,
-            progress: Callable[[], ProgressFn | None] = lambda: None) -> tuple[Detector, bool]:
-        """The trained detector: from the cache, or fitted now and cached. Returns (detector, fitted)."""
+            progress: Callable[[], ProgressFn | None] = lambda: None,
+            state: dict[str, torch.Tensor] | None = None) -> tuple[Detector, bool]:
+        """The trained detector: from ``state`` (a shipped state dict), from the cache, or fitted now and
+        cached. Returns (detector, fitted)."""
         method = METHODS.get(model.method)
         seed_everything(train_key)  # before construction: the initial weights come from it
         detector = method(tuple(split.train.shape[1:]), model.params).to(self.device)
         path = self.path(train_key)
-        if path.is_file():
+        if state is None and path is not None and path.is_file():
             try:
-                detector.restore(torch.load(path, map_location=self.device, weights_only=True))
-                return detector, False
-            except Exception:  # a corrupt or outdated cache file: train again
+                state = self.load(path, self.device)
+            except Exception:  # a corrupt cache file: train again
                 path.unlink(missing_ok=True)
+        if state is not None:
+            try:
+                detector.restore({k: v.to(self.device) for k, v in state.items()})
+                return detector, False
+            except Exception:  # from an older architecture: train again
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                seed_everything(train_key)
+                detector = method(tuple(split.train.shape[1:]), model.params).to(self.device)
         dataset = DATASETS.get(model.split.dataset)
         train = TrainSet(split.train.to(self.device), default_eps=dict(dataset.default_eps))
         if method.needs_anomalies and split.anomalies is not None:
@@ -55,12 +65,17 @@ class ModelCache:
         finally:
             detector.progress = None
         detector.eval()
-        self.save(detector, path)
+        if path is not None:
+            self.save(detector.state_dict(), path)
         return detector, True
 
     @staticmethod
-    def save(detector: Detector, path: Path) -> None:
+    def load(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        return torch.load(path, map_location=device, weights_only=True)
+
+    @staticmethod
+    def save(state: dict[str, torch.Tensor], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(detector.state_dict(), tmp)
+        torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written model

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from robust_ad_bench.benchmark.leaderboard import eps_label, lowest_per_model  # noqa: E402
+from robust_ad_bench.benchmark.leaderboard import eps_label, is_worst, worst_per_model  # noqa: E402
 from robust_ad_bench.benchmark.store import Store  # noqa: E402
 
 NORM_ORDER = ("linf", "l2")
@@ -57,7 +57,7 @@ def _attacked_datasets(ok: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame, li
 
 def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
     """One PNG per dataset: mean ± std AUROC (over classes and seeds) against eps, one subplot per norm."""
-    ok = results[results["status"] == "ok"]
+    ok = results[(results["status"] == "ok") & ~is_worst(results["attack"])]  # the worst case: its own plot
     paths: list[Path] = []
     for dataset, data, norms, methods in _attacked_datasets(ok):
         colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
@@ -105,12 +105,12 @@ def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
 
 
 def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
-    """One PNG per dataset: per method, mean ± std over models of the worst-case AUROC over all attacks of a
-    norm at each eps (eps 0 is the clean AUROC); one subplot per norm."""
+    """One PNG per dataset: per method, mean ± std over models of the per-image worst-case AUROC over all
+    attacks of a norm at each eps (eps 0 is the clean AUROC); one subplot per norm."""
     ok = results[(results["status"] == "ok") & results["auroc"].notna()]
     paths: list[Path] = []
     for dataset, data, norms, methods in _attacked_datasets(ok):
-        lowest = lowest_per_model(data)  # whether one attack ran at an eps or several
+        lowest = worst_per_model(data)  # the per-image worst case, or the only attack run at an eps
         fig, axes = plt.subplots(1, len(norms), figsize=(5.2 * len(norms) + 2.2, 4.2), squeeze=False,
                                  layout="constrained")
         for ax, norm in zip(axes[0], norms):
@@ -136,7 +136,8 @@ def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right center", fontsize="small", frameon=False)
-        fig.suptitle(f"{dataset}: robustness curve, worst case over attacks (mean ± std over classes and seeds)")
+        fig.suptitle(f"{dataset}: robustness curve, per-image worst case over attacks (mean ± std over classes "
+                     "and seeds)")
         paths.append(_save(fig, folder / f"robustness_{safe_name(str(dataset))}.png"))
     return paths
 

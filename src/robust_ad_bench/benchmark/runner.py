@@ -4,15 +4,24 @@ Crash safety: each job is written to the store in its own transaction as its eve
 trained model is written atomically to the model cache, so a run killed at any point resumes where it
 stopped. A job that raises (or whose scores are not finite) is stored as failed with its message (the
 traceback goes to ``failures.log``); the grid goes on.
+
+Two runs on one folder: a model's work is claimed in the store (``claims``) just before it starts, and
+what another run finished meanwhile is read again then, so no job is computed twice; a run whose
+remaining tasks are all claimed by another live run waits for them. ``stop()`` turning true (the CLI's
+first Ctrl-C) ends the run once the steps in flight are stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Callable
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robust_ad_bench.benchmark.claims import Claims
 from robust_ad_bench.benchmark.config import GridConfig, expand_grid
 from robust_ad_bench.benchmark.executors import (
     CertifiedDone,
@@ -20,14 +29,16 @@ from robust_ad_bench.benchmark.executors import (
     Event,
     Executor,
     JobDone,
+    ModelDone,
     ModelTask,
-    SerialExecutor,
     StepFailed,
     Trained,
+    WorstDone,
+    make_executor,
 )
-from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key
+from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
 from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.store import Store, is_locked
 from robust_ad_bench.core.registry import METHODS
 
 
@@ -37,9 +48,13 @@ class RunSummary:
     skipped: int = 0  # already in the store
     computed: int = 0
     trained: int = 0  # models fitted (not loaded from the cache)
+    worst: int = 0  # per-image worst cases computed
     checked: int = 0  # models whose sanity checks ran
     certified: int = 0  # models certified by randomized smoothing
     failed: list[tuple[Job, str]] = field(default_factory=list)
+    by_other: int = 0  # finished by another run on the same folder while this one ran
+    left: int = 0  # not computed (the run was stopped)
+    interrupted: bool = False
 
 
 class Hooks:
@@ -49,6 +64,8 @@ class Hooks:
     def job_done(self, job: Job, ok: bool) -> None: ...
     def training(self, job: Job) -> Callable[[int, int, str], None] | None:
         return None
+    def waiting(self, holder: str) -> None: ...  # every task left is claimed by another run
+    def store_busy(self, error: str) -> None: ...  # a write waits for a store another process locks
 
 
 class Runner:
@@ -58,7 +75,7 @@ class Runner:
         self.device = resolve_device(cfg.device)
         self.jobs = expand_grid(cfg)  # validates every name and parameter before anything runs
         self.out = Path(cfg.out)
-        self.executor = executor or SerialExecutor()
+        self.executor = executor or make_executor(cfg.execution)
 
     def pending(self, store: Store) -> list[Job]:
         done = store.finished_keys()
@@ -73,34 +90,108 @@ class Runner:
             jobs = list(group)
             checks = check_key(jobs, self.cfg.checks)
             certs = certificate_key(jobs, self.cfg.certify, METHODS.get(jobs[0].method).certifiable)
+            worst = [w for w in worst_case_groups(jobs) if w.key not in auroc]
+            known_scores = {}
+            for key in {j.key for w in worst for j in w.jobs if j.key in auroc}:
+                stored = store.scores(key)
+                if stored is not None:
+                    known_scores[key] = stored[1]
             task = ModelTask(
                 jobs=jobs, pending=[job for job in jobs if job.key not in auroc],
                 known={job.key: auroc[job.key] for job in jobs if job.key in auroc},
                 check_key=checks if checks and not store.has_checks(checks) else None,
                 cert_key=certs if certs and not store.has_certified(certs) else None,
-                checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device))
-            if task.pending or task.check_key or task.cert_key:
+                checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device),
+                worst=worst, scores=known_scores, adversarial=self.out / "adversarial")
+            if task.pending or task.check_key or task.cert_key or task.worst:
                 tasks.append(task)
-        return tasks
+        # Stochastic detectors (attacked with EOT: the costliest steps by far) start first, so that on a
+        # parallel executor the grid ends with short steps and no worker waits for one long tail. Results
+        # do not depend on the order (every step seeds itself from its key).
+        return sorted(tasks, key=lambda task: not METHODS.get(task.first.method).stochastic)
 
-    def run(self) -> RunSummary:
+    def run(self, stop: Callable[[], bool] | None = None) -> RunSummary:
         ensure_writable(self.out)
         summary = RunSummary(total=len(self.jobs))
-        with Store(self.out) as store:
+        execution = self.cfg.execution
+        with Store(self.out, timeout=execution.store_timeout) as store, \
+                Claims(store.path, execution.lease_seconds, execution.store_timeout) as claims:
             tasks = self.tasks(store)
             pending = sum(len(task.pending) for task in tasks)
-            summary.skipped = len(self.jobs) - pending
+            summary.skipped, summary.left = len(self.jobs) - pending, pending
             self.hooks.start(pending)
-            for event in self.executor.run(tasks, self.hooks.training):
-                self.record(event, store, summary)
+            for event in self.executor.run(self.claimed(tasks, store, claims, summary), self.hooks.training, stop):
+                self.write(self.record, event, store, summary, claims)
+            summary.interrupted = bool(stop and stop())
         return summary
 
-    def record(self, event: Event, store: Store, summary: RunSummary) -> None:
+    def claimed(self, tasks: list[ModelTask], store: Store, claims: Claims,
+                summary: RunSummary) -> Iterator[ModelTask | None]:
+        """The tasks, each claimed (and brought up to date) just before it starts; None while every task
+        left is claimed by another live run."""
+        waiting = list(tasks)
+        while waiting:
+            took = False
+            for task in list(waiting):
+                if not self.write(claims.claim, task.train_key, f"{task.first.method} {task.first.dataset}/"
+                                  f"{task.first.normal_class} seed {task.first.seed}"):
+                    continue
+                waiting.remove(task)
+                took = True
+                fresh = self.refresh(task, store, summary)
+                if fresh is None:
+                    self.write(claims.release, task.train_key)
+                    continue
+                yield fresh
+            if waiting and not took:
+                self.hooks.waiting(claims.holder(waiting[0].train_key))
+                yield None
+
+    def refresh(self, task: ModelTask, store: Store, summary: RunSummary) -> ModelTask | None:
+        """``task`` less what another run stored since the grid was read (None: nothing left)."""
+        done = store.results(status="ok", keys=[job.key for job in task.jobs] + [w.key for w in task.worst])
+        stored = dict(zip(done["key"], done["auroc"]))
+        known = {job.key: stored[job.key] for job in task.jobs if job.key in stored}
+        for job in task.pending:
+            if job.key in known:
+                summary.by_other += 1
+                summary.left -= 1
+                self.hooks.job_done(job, True)
+        worst = [w for w in task.worst if w.key not in stored]
+        scores = dict(task.scores)
+        for key in {j.key for w in worst for j in w.jobs if j.key in known and j.key not in scores}:
+            found = store.scores(key)
+            if found is not None:
+                scores[key] = found[1]
+        fresh = dataclasses.replace(
+            task, pending=[job for job in task.jobs if job.key not in known], known=known, worst=worst,
+            scores=scores,
+            check_key=task.check_key if task.check_key and not store.has_checks(task.check_key) else None,
+            cert_key=task.cert_key if task.cert_key and not store.has_certified(task.cert_key) else None)
+        return fresh if fresh.pending or fresh.check_key or fresh.cert_key or fresh.worst else None
+
+    def write(self, fn: Callable, *args: object) -> object:
+        """Call ``fn`` (a store write); while another process keeps the store locked past its busy
+        timeout, say so and try again, so that nothing computed is lost."""
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc):
+                    raise
+                self.hooks.store_busy(str(exc))
+                time.sleep(1.0)
+
+    def record(self, event: Event, store: Store, summary: RunSummary, claims: Claims | None = None) -> None:
         """Store one event (the driver is the only writer of the store)."""
-        if isinstance(event, Trained):
+        if isinstance(event, ModelDone):
+            if claims is not None:
+                claims.release(event.job.train_key)
+        elif isinstance(event, Trained):
             summary.trained += event.fitted
         elif isinstance(event, JobDone):
             store.put(event.result)
+            summary.left -= 1
             ok = event.result.status == "ok"
             if ok:
                 summary.computed += 1
@@ -109,9 +200,20 @@ class Runner:
             if event.traceback:
                 self.log_failure(event.job, event.traceback)
             self.hooks.job_done(event.job, ok)
+        elif isinstance(event, WorstDone):
+            store.put(event.result)
+            if event.result.status == "ok":
+                summary.worst += 1
+            else:
+                summary.failed.append((event.job, f"worst case: {event.result.error}"))
+            if event.traceback:
+                self.log_failure(event.job, event.traceback)
         elif isinstance(event, ChecksDone):
             store.put_checks(event.rows)
             summary.checked += 1
+            if event.error:  # stored as a failed check (flagged); reported, and the grid goes on
+                self.log_failure(event.job, event.traceback)
+                summary.failed.append((event.job, event.error))
         elif isinstance(event, CertifiedDone):
             store.put_certified(event.rows)
             summary.certified += 1

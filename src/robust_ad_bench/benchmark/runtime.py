@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import signal
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +48,32 @@ def ensure_writable(folder: str | Path) -> Path:
     except OSError as exc:
         raise BenchError(f"cannot write to output folder '{folder}': {exc.strerror or exc}") from exc
     return folder
+
+
+class GracefulStop:
+    """Ctrl-C handling for a run: the first SIGINT asks the run to stop after the jobs in flight (calling
+    ``on_first``, and making this object true); the second stops at once (``KeyboardInterrupt``).
+    Only the main thread can install it; elsewhere it does nothing."""
+
+    def __init__(self, on_first: Callable[[], None] = lambda: None) -> None:
+        self.on_first = on_first
+        self.requested = False
+        self.previous: object = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.on_first()
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

@@ -121,14 +121,24 @@ CHECK_COLUMNS = tuple(f.name for f in fields(CheckRow))
 CERTIFIED_COLUMNS = tuple(f.name for f in fields(CertifiedRow))
 
 
+def is_locked(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds the lock (past the busy timeout)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def locked_error(path: Path, timeout: float) -> BenchError:
+    return BenchError(f"the results store {path} is locked by another process (waited {timeout:g} s); "
+                      "nothing was changed: try again when it is done")
+
+
 class Store:
     """The SQLite store of one results folder."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, timeout: float = 30.0) -> None:
         self.folder = Path(folder)
         self.path = self.folder / STORE_FILE
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn = sqlite3.connect(self.path, timeout=timeout)  # busy timeout: waits for other writers
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -138,8 +148,13 @@ class Store:
             if version == 1:  # a store written before attack_detail existed
                 self.conn.execute("ALTER TABLE results ADD COLUMN attack_detail TEXT")
             self.conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:
+            if is_locked(exc):
+                raise locked_error(self.path, timeout) from exc
             raise BenchError(f"cannot open the results store {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: never overwritten
+            raise BenchError(f"cannot open the results store {self.path}: {exc}; the file was left as it is "
+                             "(move it away to start a new store)") from exc
 
     def close(self) -> None:
         self.conn.close()
@@ -202,11 +217,17 @@ class Store:
         return self.conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (key,)).fetchone() is not None
 
     def has_checks(self, check_key: str) -> bool:
-        return self._has("checks", "check_key", check_key)
+        """Whether the checks of ``check_key`` are stored and none of them raised (those are run again)."""
+        rows = self.conn.execute("SELECT name FROM checks WHERE check_key = ?", (check_key,)).fetchall()
+        return bool(rows) and not any(name.startswith("error:") for (name,) in rows)
 
     def put_checks(self, rows: list[CheckRow]) -> None:
-        """All checks of one model, in one transaction."""
-        self._insert("checks", CHECK_COLUMNS, [astuple(r) for r in rows])
+        """All checks of one model, in one transaction; they replace earlier rows of the same check key."""
+        with self.conn:
+            for key in {r.check_key for r in rows}:
+                self.conn.execute("DELETE FROM checks WHERE check_key = ?", (key,))
+            self.conn.executemany(f"INSERT OR REPLACE INTO checks ({', '.join(CHECK_COLUMNS)}) "
+                                  f"VALUES ({', '.join('?' * len(CHECK_COLUMNS))})", [astuple(r) for r in rows])
 
     def checks(self) -> pd.DataFrame:
         frame = pd.read_sql_query(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks", self.conn)

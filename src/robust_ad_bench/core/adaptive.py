@@ -11,6 +11,9 @@
   (``differentiable_purifier = False``).
 - Scores with their own inner gradient step (SLA²P-like) need nothing here: the method computes that step
   with ``create_graph=True`` when its input requires grad, and every attack differentiates through it.
+- Surrogates (Tramer et al., 2020): a detector whose score saturates, takes a max or clips names smooth
+  stand-ins in ``surrogates()``; ``attack_score(..., surrogate=name)`` differentiates one of them instead of
+  the score (EOT still applies; BPDA does not: a surrogate is a whole score, purifier included).
 """
 
 from __future__ import annotations
@@ -62,10 +65,19 @@ def expectation(score: ScoreFn, draws: int) -> ScoreFn:
     return mean_score
 
 
-def attack_score(detector: Any, config: Any) -> ScoreFn:
-    """The score an attack optimizes, adapted to the detector's flags (see the module docstring)."""
+def surrogate_names(detector: Any) -> list[str]:
+    """Names of the smooth surrogate objectives the detector declares (none for most)."""
+    declared = getattr(detector, "surrogates", None)
+    return list(declared()) if callable(declared) else []
+
+
+def attack_score(detector: Any, config: Any, surrogate: str = "") -> ScoreFn:
+    """The score an attack optimizes, adapted to the detector's flags (see the module docstring); with
+    ``surrogate`` the detector's surrogate of that name instead of its score."""
     score: ScoreFn = detector.score
-    if gradient_mode(detector, config.gradient) == "bpda":
+    if surrogate:
+        score = detector.surrogates()[surrogate]
+    elif gradient_mode(detector, config.gradient) == "bpda":
         score = bpda_score(detector)
     return expectation(score, eot_draws(detector, config.eot_samples))
 

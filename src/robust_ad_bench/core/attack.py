@@ -2,18 +2,35 @@
 
 ``y`` is 0 for normal and 1 for anomaly. The attacker wants the detector to be wrong: raise the score of
 normal images and lower the score of anomalies, i.e. maximize ``score(x) * (1 - 2y)`` inside the eps-ball
-and [0, 1]. An attack knows a detector only through ``score`` and its class flags; the adaptive parts
-(EOT for ``stochastic`` scores, BPDA for non-differentiable purifiers) come from ``core.adaptive``.
+and [0, 1]. An attack knows a detector only through ``score``, its class flags and its ``surrogates()``;
+the adaptive parts (EOT for ``stochastic`` scores, BPDA for non-differentiable purifiers, surrogate
+objectives) come from ``core.adaptive``.
+
+Surrogates: a gradient attack (not ``black_box``, with ``surrogates: true``) runs ``perturb_batch`` once on
+the score and once on each surrogate the detector declares, and keeps per image the candidate with the
+highest attack objective on the TRUE score (under the same EOT); ``describe`` records which won.
+
+Iteration budget: ``iteration_params`` names the config fields that count iterations (steps, iters,
+queries) and ``eps_scaled_params`` those holding absolute step sizes; the sanity checks rescale both
+through ``scaled_params``, whatever the attack calls them.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from robust_ad_bench.core.adaptive import GRADIENT_MODES, ScoreFn, attack_score, describe_adaptive, eot_draws
+from robust_ad_bench.core.adaptive import (
+    GRADIENT_MODES,
+    ScoreFn,
+    attack_score,
+    describe_adaptive,
+    eot_draws,
+    surrogate_names,
+)
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.params import build_config
 
@@ -39,12 +56,33 @@ class AttackConfig:
             raise BenchError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
+@dataclass
+class WhiteBoxConfig(AttackConfig):
+    """Options of gradient (white-box) attacks."""
+
+    surrogates: bool = True  # also attack each surrogate the detector declares; keep the per-image best
+
+
+TRUE_SCORE = "score"  # the candidate name of the attack on the true score
+
+
 def attack_objective(score: ScoreFn | Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample value the attacker maximizes: the score of normals, minus the score of anomalies.
 
     ``score`` is a score function or a detector (then its plain ``score`` is used)."""
     fn = score.score if hasattr(score, "score") else score
     return fn(x) * (1.0 - 2.0 * y.to(x.dtype))
+
+
+def select_best(score: ScoreFn, candidates: dict[str, torch.Tensor], y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the candidate with the highest attack objective on ``score``: (images, index of the
+    winning candidate in ``candidates`` order). Ties go to the first candidate."""
+    stacked = torch.stack([c.detach() for c in candidates.values()])  # K × N × ...
+    with torch.no_grad():
+        values = torch.stack([attack_objective(score, c, y) for c in stacked])  # K × N
+    pick = values.argmax(0)
+    return stacked[pick, torch.arange(len(y), device=y.device)], pick
 
 
 class Attack:
@@ -58,31 +96,92 @@ class Attack:
     black_box: ClassVar[bool] = False  # uses forward passes only
     masking_check: ClassVar[bool] = False  # the black-box attack the sanity checks run for its norm
     hidden: ClassVar[bool] = False  # left out of ``--attacks all`` and ``list`` (test doubles)
+    iteration_params: ClassVar[tuple[str, ...]] = ()  # config fields counting iterations: the attack is iterative
+    eps_scaled_params: ClassVar[tuple[str, ...]] = ()  # config fields holding absolute step sizes (None: default)
 
     def __init__(self, config: Any = None) -> None:
         if config is None or isinstance(config, dict):
             config = build_config(self.Config, config, f"attack '{self.name}'")
         self.config = config
+        self.objective = ""  # "" = the true score, else the name of the surrogate being attacked
+        self.wins: Counter[str] = Counter()  # images won by each candidate (surrogates, ensemble parts)
+
+    # -- iteration budget (read by the sanity checks) ------------------------------------------------
+    @classmethod
+    def is_iterative(cls, params: dict[str, Any]) -> bool:
+        return bool(cls.iteration_params)
+
+    @classmethod
+    def scaled_params(cls, params: dict[str, Any], steps_factor: int = 1, eps_factor: float = 1.0) -> dict[str, Any]:
+        """``params`` with every iteration count times ``steps_factor`` and every explicit step size times
+        ``eps_factor`` (for a run at ``eps_factor`` times the eps)."""
+        out = dict(params)
+        defaults = cls.Config()
+        for name in cls.iteration_params:
+            out[name] = int(out.get(name, getattr(defaults, name))) * steps_factor
+        for name in cls.eps_scaled_params:
+            value = out.get(name, getattr(defaults, name))
+            if value is not None:
+                out[name] = value * eps_factor
+        return out
 
     def calibrate(self, detector: Any, train_images: torch.Tensor) -> None:
         """Called once before ``perturb`` with the normal training images (e.g. for a threshold)."""
 
     def describe(self, detector: Any) -> str:
-        """How the detector was attacked (stored beside the result), e.g. ``eot=8``."""
+        """How the detector was attacked (stored beside the result), e.g. ``eot=8``, and which candidate
+        won how many images when there were several (``won=score:70%+nll-lse:30%``)."""
         parts = [describe_adaptive(detector, self.config)] if self.norm != "none" else []
         if self.config.target != "both":
             parts.append(f"target={self.config.target}")
+        total = sum(self.wins.values())
+        if total and len(self.wins) > 1:  # several candidates competed
+            parts.append("won=" + "+".join(f"{name}:{100 * n / total:.0f}%" for name, n in self.wins.most_common()))
         return ",".join(p for p in parts if p)
 
     def score_fn(self, detector: Any) -> ScoreFn:
-        """The (adaptive) score the attack differentiates: EOT and BPDA according to the flags."""
+        """The (adaptive) score the attack differentiates: EOT and BPDA according to the flags, or the
+        surrogate being attacked (``self.objective``)."""
+        return attack_score(detector, self.config, self.objective)
+
+    def selection_score(self, detector: Any) -> ScoreFn:
+        """The true score (with EOT) that candidates are judged on, whatever objective produced them."""
         return attack_score(detector, self.config)
+
+    def objectives(self, detector: Any) -> list[str]:
+        """What ``perturb_batch`` is run on: the true score (""), then each surrogate of a gradient attack."""
+        if self.black_box or self.norm == "none" or not getattr(self.config, "surrogates", False):
+            return [""]
+        return ["", *surrogate_names(detector)]
+
+    def candidates(self, detector: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
+        """``perturb_batch`` on each objective, by name (``score`` for the true score)."""
+        out = {}
+        for name in self.objectives(detector):
+            self.objective = name
+            try:
+                out[name or TRUE_SCORE] = self.perturb_batch(detector, x, y, eps).detach()
+            finally:
+                self.objective = ""
+        return out
+
+    def attack_batch(self, detector: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        """One batch: the candidates, and per image the best on the true score when there are several."""
+        found = self.candidates(detector, x, y, eps)
+        names = list(found)
+        if len(names) == 1:
+            return found[names[0]]
+        best, pick = select_best(self.selection_score(detector), found, y)
+        self.wins.update({names[i]: int(n) for i, n in enumerate(torch.bincount(pick, minlength=len(names)))})
+        return best
 
     def perturb(self, detector: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """Adversarial copies of ``x`` (same shape, in [0, 1], within ``eps`` of ``x``), in batches.
-        Images outside the attack target are returned unchanged."""
+        Images outside the attack target are returned unchanged. At eps 0 the attack runs as at any other
+        eps (the sanity checks verify that it then returns ``x``)."""
         check_eps(eps)
-        if eps == 0 or self.norm == "none":
+        self.wins.clear()
+        if self.norm == "none":
             return x.clone()
         chosen = torch.ones_like(y, dtype=torch.bool)
         if self.config.target != "both":
@@ -96,7 +195,7 @@ class Attack:
         per_batch = max(1, self.config.batch_size // eot_draws(detector, self.config.eot_samples))
         try:
             for part in idx.split(per_batch):
-                x_adv[part] = self.perturb_batch(detector, x[part], y[part], eps).detach()
+                x_adv[part] = self.attack_batch(detector, x[part], y[part], eps).detach()
         finally:
             detector.train(was_training)
         return x_adv

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from robust_ad_bench.core.errors import unknown_choice
+from robust_ad_bench.core.errors import BenchError, unknown_choice
+from robust_ad_bench.core.params import build_config
 
 
 @dataclass
@@ -53,6 +55,12 @@ class Dataset:
     """Base class of datasets. Subclasses set the class attributes and implement ``split``.
 
     A dataset must be deterministic given ``seed``: the same (class, seed) gives the same tensors.
+
+    Options: a dataset that takes options (a data folder, load-time transforms) names a dataclass as
+    ``Options``; ``create(params, data_root)`` validates them into ``self.options``. The options that
+    change the data a split yields are part of the job key (``key_params``); a field with
+    ``metadata={"key": False}`` (where the data lives, whether to download) is not, so moving the data
+    does not invalidate results.
     """
 
     name: ClassVar[str] = ""
@@ -65,6 +73,38 @@ class Dataset:
     # before a run with ``known_defects``); empty: checked when the split is made
     defect_kinds: ClassVar[tuple[str, ...]] = ()
     hidden: ClassVar[bool] = False  # left out of ``--datasets all`` (e.g. vectors that conv methods cannot take)
+    Options: ClassVar[type | None] = None  # dataclass of the dataset's options; None: it takes none
+    options: Any = None  # the validated options (an ``Options`` instance) of a dataset made by ``create``
+    data_root: str | None = None  # the grid's data root (``--data-root``), for datasets that read files
+
+    @classmethod
+    def create(cls, params: dict[str, Any] | None = None, data_root: str | None = None) -> Dataset:
+        """An instance with validated ``params`` (unknown names and bad values raise a ``BenchError``)."""
+        if cls.Options is None:
+            if params:
+                raise BenchError(f"dataset '{cls.name}' takes no options, got {', '.join(sorted(params))}")
+            dataset = cls()
+        else:
+            dataset = cls(build_config(cls.Options, params, f"dataset '{cls.name}'"))  # type: ignore[call-arg]
+        dataset.data_root = data_root
+        return dataset
+
+    def key_params(self) -> dict[str, Any]:
+        """The options that determine the data, where they differ from their defaults (empty for a
+        dataset without options, so its job keys stay what they were)."""
+        if self.options is None or self.Options is None:
+            return {}
+        default = self.Options()
+        out = {}
+        for f in dataclasses.fields(self.options):
+            value = getattr(self.options, f.name)
+            if f.metadata.get("key", True) and value != getattr(default, f.name):
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def check_data(self, normal_class: str) -> None:
+        """Raise a ``BenchError`` naming the expected layout when the files of ``normal_class`` are not
+        there (cheap: looks at folders, decodes nothing). Datasets that need no files pass."""
 
     def classes(self) -> list[str]:
         """The normal classes or categories, as strings (CLI ``--classes`` picks among them)."""

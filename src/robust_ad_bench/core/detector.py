@@ -5,7 +5,8 @@
   ``x`` is always a float tensor in [0, 1], N×C×H×W; normalization happens inside (``normalize``),
   so every eps is in pixel units and means the same for all methods.
 - ``anomaly_map(x) -> Tensor[N, H, W]`` (optional) for pixel metrics.
-- Flags read by the attack suite: ``stochastic``, ``purifies``, ``needs_anomalies``, ``certifiable``.
+- Flags read by the attack suite: ``stochastic``, ``purifies``, ``needs_anomalies``, ``certifiable``;
+  ``surrogates()`` names smooth objectives that gradient attacks also follow.
 - Hyper-parameters are the fields of the ``Config`` dataclass; ``state_dict()`` restores a trained model.
 """
 
@@ -78,6 +79,16 @@ class Detector(nn.Module):
     def bpda_surrogate(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable stand-in for ``purify`` on the backward pass of BPDA (identity by default)."""
         return x
+
+    def surrogates(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Named smooth stand-ins for ``score`` that every gradient attack also follows (Tramer et al., 2020).
+
+        A score that saturates (exp of a log-likelihood), takes a max over pixels or clips has zero or
+        purely local gradients; declare here per-sample objectives of the same direction as ``score``
+        (higher = more anomalous), e.g. the log-likelihood pooled by logsumexp, or a top-k mean through a
+        straight-through clip. The attack keeps, per image, the candidate that is best on the true score,
+        so a poor surrogate costs time, never strength. Default: none."""
+        return {}
 
     @classmethod
     def has_anomaly_map(cls) -> bool:

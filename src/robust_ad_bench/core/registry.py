@@ -111,6 +111,14 @@ register_attack = ATTACKS.register
 register_dataset = DATASETS.register
 
 
+_PLUGIN_FILES: list[str] = []  # files loaded by load_plugin_file, so worker processes can load them too
+
+
+def loaded_plugin_files() -> list[str]:
+    """The plugin files this process has loaded (absolute paths, in order)."""
+    return list(_PLUGIN_FILES)
+
+
 def load_plugin_file(path: str | Path) -> None:
     """Import one Python file whose decorators register methods, attacks or datasets."""
     path = Path(path)
@@ -129,3 +137,5 @@ def load_plugin_file(path: str | Path) -> None:
         raise
     except Exception as exc:
         raise BenchError(f"plugin '{path}' failed to import: {type(exc).__name__}: {exc}") from exc
+    if str(path.resolve()) not in _PLUGIN_FILES:
+        _PLUGIN_FILES.append(str(path.resolve()))

@@ -12,12 +12,13 @@ The runner and ``defects`` both build splits here, so a split is the same wherev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import Any
 
 import torch
 
-from robust_ad_bench.core.dataset import Split, seeded_generator
+from robust_ad_bench.core.dataset import Dataset, Split, seeded_generator
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS
 from robust_ad_bench.datasets.few_anomalies import hold_out_anomalies
@@ -36,12 +37,32 @@ class SplitSpec:
     known_defects: tuple[str, ...] | None = None  # the types they are drawn from (None: every type)
     protocol: str = "one-class"
     contamination: float | None = None  # transductive only: anomalies per normal image
+    # the dataset's options as given (``freeze_params``), and the grid's data root: where files are read
+    dataset_params: tuple[tuple[str, Any], ...] = ()
+    data_root: str | None = None
+
+
+def freeze_params(params: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """Dataset options as a hashable, ordered tuple (lists become tuples)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (params or {}).items()))
+
+
+def stored_params(dataset: str, key_params: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """The options among a job's stored ``dataset_params`` (which may also hold a data fingerprint), frozen."""
+    options = DATASETS.get(dataset).Options
+    names = {f.name for f in fields(options)} if options is not None else set()
+    return freeze_params({k: v for k, v in (key_params or {}).items() if k in names})
+
+
+def make_dataset(spec: SplitSpec) -> Dataset:
+    """The dataset of ``spec`` with its options and data root."""
+    return DATASETS.get(spec.dataset).create(dict(spec.dataset_params), spec.data_root)
 
 
 @lru_cache(maxsize=2)  # consecutive jobs share a split (the grid is ordered dataset → class → seed)
 def make_split(spec: SplitSpec) -> Split:
     """The split of ``spec``: deterministic, so the same spec always gives the same tensors."""
-    split = DATASETS.get(spec.dataset)().split(spec.normal_class, spec.seed)
+    split = make_dataset(spec).split(spec.normal_class, spec.seed)
     if spec.n_anomalies > 0:
         generator = seeded_generator(spec.dataset, spec.seed, spec.normal_class, "known-anomalies")
         known = list(spec.known_defects) if spec.known_defects else None

@@ -5,9 +5,12 @@ AdvRAD noises the test image to step k and reconstructs it with one UNet call (o
 jumps with ``denoise_steps``). Normal regions come back, anomalous ones are repaired toward normal, and a
 small adversarial perturbation drowns in the diffusion noise. Score: the multi-scale, mean-filtered
 reconstruction-error map minus the mean map of the normal training images; image score = max over pixels
-of the absolute deviation. Fresh diffusion noise on every call: ``stochastic`` (attacks use EOT), and
-``certifiable`` by randomized smoothing (the attack suite's ``certify`` grid option). k is chosen in ``fit``
-on held-out training normals unless given (``selection.py``).
+of the absolute deviation. Surrogates for the attacks (the max moves one pixel a step, the clip of the
+denoised estimate zeroes gradients where it saturates): the deviation map through a straight-through clip,
+pooled by logsumexp (``lse``) or by the mean of its top 5 % (``top5``); ``diffpure-ae``: its score through
+a straight-through clip (``st-clip``). Fresh diffusion noise on every call: ``stochastic`` (attacks use EOT),
+and ``certifiable`` by randomized smoothing (the attack suite's ``certify`` grid option). k is chosen in
+``fit`` on held-out training normals unless given (``selection.py``).
 
 ``diffpure-ae`` purifies with the same kind of DDPM by DiffPure's reverse process (noise to t* = 0.1·T, then
 DDPM ancestral steps back to 0; ``denoise_steps`` strided steps), then scores the purified image with the
@@ -35,6 +38,7 @@ from robust_ad_bench.methods.advrad.diffusion import (
     multiscale_error,
 )
 from robust_ad_bench.methods.advrad.selection import CANDIDATES, choose_noise_step
+from robust_ad_bench.methods.common.surrogates import relative_smooth_max, top_fraction_mean
 from robust_ad_bench.methods.common.training import TrainConfig, train_on_images
 
 STAT_BATCH = 256  # training images per call when the mean error map is computed
@@ -76,9 +80,9 @@ class DiffusionDetector(Detector):
             raise BenchError(f"method '{self.name}'.train_max_step must be in 0..{c.diffusion_steps}, "
                              f"got {c.train_max_step}")
         self.schedule = LinearSchedule(c.diffusion_steps, c.beta_start, c.beta_end)
-        channels, size, _ = self.image_shape
+        channels, height, width = self.image_shape
         try:
-            self.unet = SmallUNet(channels, size, c.width, c.levels)
+            self.unet = SmallUNet(channels, (height, width), c.width, c.levels)
         except ValueError as exc:
             raise BenchError(f"method '{self.name}': {exc}; choose fewer levels") from None
         self.register_buffer("k", torch.tensor(c.noise_step))  # the noise step in use (chosen in fit when 0)
@@ -90,13 +94,15 @@ class DiffusionDetector(Detector):
         return train_on_images(self, images, lambda x: ddpm_loss(self.unet, self.schedule, 2 * x - 1, max_step),
                                params=self.unet.parameters())
 
-    def reconstruct(self, x: torch.Tensor, k: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, k: int | None = None, noise: torch.Tensor | None = None,
+                    straight_through: bool = False) -> torch.Tensor:
         """Noise to step ``k`` (default: the step in use) with ``noise`` (fresh if None), denoise (one-shot or
-        m jumps); returns an image in [0, 1]."""
+        m jumps); returns an image in [0, 1]. ``straight_through``: the clip passes gradients (surrogates)."""
         c = self.config
         k = int(self.k) if k is None else k
         steps = min(c.denoise_steps, k)
-        return (denoise(self.unet, self.schedule, 2 * x - 1, k, steps, noise, c.sampler) + 1) / 2
+        return (denoise(self.unet, self.schedule, 2 * x - 1, k, steps, noise, c.sampler,
+                        straight_through=straight_through) + 1) / 2
 
 
 @dataclass
@@ -125,18 +131,23 @@ class AdvRAD(DiffusionDetector):
                              f"{self.config.validation_fraction}")
         self.register_buffer("train_error", torch.zeros(self.image_shape[1:]))
 
-    def error_map(self, x: torch.Tensor) -> torch.Tensor:
+    def error_map(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
         """Multi-scale reconstruction error (N×H×W), averaged over ``draws`` noise draws in one batch."""
         c = self.config
         repeated = x.repeat(c.draws, *([1] * (x.dim() - 1)))
-        errors = multiscale_error(repeated, self.reconstruct(repeated), c.scales, c.filter_size)
+        recon = self.reconstruct(repeated, straight_through=straight_through)
+        errors = multiscale_error(repeated, recon, c.scales, c.filter_size)
         return errors.view(c.draws, len(x), *errors.shape[1:]).mean(0)
 
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.error_map(x) - self.train_error).abs()
+    def anomaly_map(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        return (self.error_map(x, straight_through) - self.train_error).abs()
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.anomaly_map(x).flatten(1).amax(1)
+
+    def surrogates(self) -> dict:
+        return {"lse": lambda x: relative_smooth_max(self.anomaly_map(x, straight_through=True)),
+                "top5": lambda x: top_fraction_mean(self.anomaly_map(x, straight_through=True), 0.05)}
 
     def fit(self, train: TrainSet) -> None:
         c = self.config
@@ -194,6 +205,9 @@ class DiffPure(DiffusionDetector):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.score_purified(self.purify(x))
+
+    def surrogates(self) -> dict:
+        return {"st-clip": lambda x: self.score_purified(self.reconstruct(x, straight_through=True))}
 
     def fit(self, train: TrainSet) -> None:
         # The detector is trained on clean normal images, as in DiffPure: purification happens at test time.

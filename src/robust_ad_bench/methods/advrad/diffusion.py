@@ -3,7 +3,8 @@
 - ``LinearSchedule``: the linear beta schedule of Ho et al. (2020), ``beta_t`` from ``beta_start`` to
   ``beta_end`` over steps t = 1..T, with ``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` (``alpha_bar_0 = 1``).
 - ``SmallUNet``: an epsilon-prediction UNet sized to the image (a few resolution levels, GroupNorm so that
-  every sample is independent of the others in its batch: EOT repeats images inside one batch).
+  every sample is independent of the others in its batch: EOT repeats images inside one batch); any H×W
+  (padded inside to a multiple of 2^(levels-1), cropped back).
 - ``denoise``: noise an image to step k and come back in ``steps`` jumps, deterministic (DDIM, eta = 0) or
   ancestral (DDPM posterior draws, DiffPure's reverse process); one jump is the one-shot estimate
   ``x0 = (x_k - sqrt(1 - alpha_bar_k) eps) / sqrt(alpha_bar_k)``.
@@ -19,6 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from robust_ad_bench.methods.common.networks import Padding
+from robust_ad_bench.methods.common.surrogates import straight_through_clamp
 
 SAMPLERS = ("ddim", "ancestral")
 
@@ -71,12 +75,17 @@ class ResBlock(nn.Module):
 
 class SmallUNet(nn.Module):
     """Epsilon-prediction UNet: ``levels`` resolutions (width doubling at each halving), one residual
-    block per level on the way down and up, skip connections by concatenation."""
+    block per level on the way down and up, skip connections by concatenation. ``size`` (a side, or
+    (H, W)): an image whose sides are not multiples of 2^(levels-1) is replicate-padded to them on the way
+    in and the prediction cropped back to H×W."""
 
-    def __init__(self, channels: int, size: int, width: int = 16, levels: int = 2, time_dim: int = 64) -> None:
+    def __init__(self, channels: int, size: int | tuple[int, int], width: int = 16, levels: int = 2,
+                 time_dim: int = 64) -> None:
         super().__init__()
-        if levels < 1 or size % 2 ** (levels - 1):
-            raise ValueError(f"image size {size} cannot be halved {levels - 1} times")
+        height, image_width = (size, size) if isinstance(size, int) else size
+        if levels < 1 or min(height, image_width) < 2 ** (levels - 1):  # the coarsest level below 1 px
+            raise ValueError(f"image size {min(height, image_width)} cannot be halved {levels - 1} times")
+        self.padding = Padding(height, image_width, 2 ** (levels - 1))
         self.time_dim = time_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.inp = nn.Conv2d(channels, width, 3, padding=1)
@@ -101,7 +110,7 @@ class SmallUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.time_dim).to(self.inp.weight.dtype))
-        h = self.inp(x)
+        h = self.inp(self.padding.pad(x))
         skips = []
         for block, pool in zip(self.down, self.pool):
             h = block(h, emb)
@@ -113,7 +122,7 @@ class SmallUNet(nn.Module):
             if h.shape[-1] != skip.shape[-1]:
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([unpool(h), skip], dim=1), emb)
-        return self.out(h)
+        return self.padding.crop(self.out(h))
 
 
 def ddpm_loss(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, max_step: int) -> torch.Tensor:
@@ -124,7 +133,7 @@ def ddpm_loss(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, max_s
 
 
 def denoise(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, k: int, steps: int = 1,
-            eps: torch.Tensor | None = None, sampler: str = "ddim") -> torch.Tensor:
+            eps: torch.Tensor | None = None, sampler: str = "ddim", straight_through: bool = False) -> torch.Tensor:
     """Noise ``x0`` (in [-1, 1]) to step ``k`` with ``eps`` (fresh if None), then come back to step 0 in
     ``steps`` jumps k = t_0 > t_1 > ... > t_steps = 0 (evenly spaced); each estimate of x0 is clipped to
     [-1, 1]. ``sampler``:
@@ -135,7 +144,8 @@ def denoise(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, k: int,
       (fresh noise); with steps = k it is DiffPure's reverse process (``p_sample`` with clipped x0 at every
       step from t* down to 0), with fewer steps the same posterior over strided steps (DDIM with eta = 1).
 
-    Differentiable with respect to ``x0`` (the noise draws are constants)."""
+    Differentiable with respect to ``x0`` (the noise draws are constants); ``straight_through``: the clip
+    passes gradients unchanged (for the attacks' surrogates; same values)."""
     if not 1 <= k <= schedule.steps or not 1 <= steps <= k:
         raise ValueError(f"need 1 <= steps ({steps}) <= k ({k}) <= T ({schedule.steps})")
     if sampler not in SAMPLERS:
@@ -148,7 +158,8 @@ def denoise(unet: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, k: int,
     for t, s in zip(times[:-1], times[1:]):
         a_t, a_s = schedule.alpha_bar[t], schedule.alpha_bar[s]
         predicted = unet(x, torch.full((len(x0),), t, device=x0.device, dtype=torch.long))
-        estimate = ((x - (1 - a_t).sqrt() * predicted) / a_t.sqrt()).clamp(-1, 1)
+        estimate = (x - (1 - a_t).sqrt() * predicted) / a_t.sqrt()
+        estimate = straight_through_clamp(estimate, -1, 1) if straight_through else estimate.clamp(-1, 1)
         if sampler == "ddim":
             x = a_s.sqrt() * estimate + (1 - a_s).sqrt() * predicted  # s = 0: x = estimate
         elif s > 0:  # the posterior q(x_s | x_t, x0) of the forward process between steps s < t
@@ -162,17 +173,23 @@ def multiscale_error(x: torch.Tensor, reconstruction: torch.Tensor, scales: int 
                      filter_size: int = 3) -> torch.Tensor:
     """Squared error averaged over channels at scales 1, 1/2, ..., 1/2^(scales-1) (both images
     downsampled by average pooling, the error upsampled back), averaged over scales, then mean-filtered:
-    N×H×W. Scales that would go below 1 pixel are skipped."""
-    size = x.shape[-2:]
+    N×H×W. Scales that would go below 1 pixel are skipped. A side that is not a multiple of the pooling
+    factor is replicate-padded to one first, and the upsampled error cropped back, so every coarse cell
+    covers the same pixels at every size."""
+    height, width = x.shape[-2:]
     maps = []
     for level in range(scales):
         factor = 2**level
-        if min(size) < factor:
+        if min(height, width) < factor:
             break
-        a = F.avg_pool2d(x, factor) if factor > 1 else x
-        b = F.avg_pool2d(reconstruction, factor) if factor > 1 else reconstruction
+        if factor == 1:
+            maps.append((x - reconstruction).pow(2).mean(1, keepdim=True))
+            continue
+        padding = Padding(height, width, factor)
+        a = F.avg_pool2d(padding.pad(x), factor)
+        b = F.avg_pool2d(padding.pad(reconstruction), factor)
         error = (a - b).pow(2).mean(1, keepdim=True)
-        maps.append(F.interpolate(error, size=size, mode="bilinear", align_corners=False) if factor > 1 else error)
+        maps.append(padding.crop(F.interpolate(error, size=padding.padded, mode="bilinear", align_corners=False)))
     error = torch.stack(maps).mean(0)
     if filter_size > 1:
         error = F.avg_pool2d(error, filter_size, stride=1, padding=filter_size // 2, count_include_pad=False)

@@ -50,7 +50,7 @@ class KNN(Detector):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         z = self.normalize(x)
         if self.config.features == "random-conv":
-            z = F.avg_pool2d(F.relu(self.conv(z)), 2)
+            z = F.avg_pool2d(F.relu(self.conv(z)), 2, ceil_mode=True)  # odd sides: the last row/column kept
         return z.flatten(1)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:

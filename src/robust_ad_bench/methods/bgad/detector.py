@@ -11,6 +11,9 @@ Per batch of cells: the (focal-weighted) likelihood term on the normal cells, pl
 anomalous cells, the pull/push terms around the boundary b_n (the β order statistic of the batch's normal
 l / normalizer) and b_a = b_n − τ (``losses.py``).
 Score: per level exp(l − max training l), upsampled and summed; map = levels − sum; image score = max.
+Surrogates for the attacks (the exp saturates: its gradient is exactly 0 in float32 once l − max < −103,
+and the max moves one pixel a step): the per-pixel negative log-likelihood map, pooled by logsumexp
+(``nll-lse``) or by the mean of its top 5 % (``nll-top5``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from robust_ad_bench.methods.bgad.augment import copy_paste
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
 from robust_ad_bench.methods.bgad.losses import likelihood_loss, semi_push_pull
 from robust_ad_bench.methods.common.backbones import PretextFeatures, TorchvisionFeatures
+from robust_ad_bench.methods.common.networks import Padding
+from robust_ad_bench.methods.common.surrogates import smooth_max, top_fraction_mean
 from robust_ad_bench.methods.common.training import (
     MinibatchTrainer,
     Stream,
@@ -128,16 +133,38 @@ class FlowAD(Detector):
             maps.append((logp / ch).view(n, h, w))
         return maps
 
+    @property
+    def padding(self) -> Padding:
+        """How the feature maps cover the image: the pretext encoder's padding, none for a torchvision
+        backbone (it resizes the whole image)."""
+        if isinstance(self.backbone, PretextFeatures):
+            return self.backbone.padding
+        return Padding(*self.image_shape[1:], multiple=1)
+
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(len(x), *self.image_shape[1:], device=x.device)
+        padding = self.padding
+        total = torch.zeros(len(x), *padding.padded, device=x.device)
         for level, l_map in enumerate(self.log_likelihood_maps(x)):
             prob = torch.exp(l_map - self.level_max[level]).unsqueeze(1)
-            total = total + F.interpolate(prob, size=self.image_shape[1:], mode="bilinear",
+            total = total + F.interpolate(prob, size=padding.padded, mode="bilinear",
                                           align_corners=False).squeeze(1)
-        return len(self.flows) - total
+        return len(self.flows) - padding.crop(total)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.anomaly_map(x).flatten(1).amax(1)
+
+    def nll_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The anomaly map before the exp: per level max training l − l, upsampled and summed (N×H×W)."""
+        total = torch.zeros(len(x), *self.image_shape[1:], device=x.device)
+        for level, l_map in enumerate(self.log_likelihood_maps(x)):
+            nll = (self.level_max[level] - l_map).unsqueeze(1)
+            total = total + F.interpolate(nll, size=self.image_shape[1:], mode="bilinear",
+                                          align_corners=False).squeeze(1)
+        return total
+
+    def surrogates(self) -> dict:
+        return {"nll-lse": lambda x: smooth_max(self.nll_map(x)),
+                "nll-top5": lambda x: top_fraction_mean(self.nll_map(x), 0.05)}
 
     # -- training -------------------------------------------------------------------------------------
     def fit(self, train: TrainSet) -> None:
@@ -256,9 +283,10 @@ class BGAD(FlowAD):
         where the nearest-neighbour downsampled mask is set, as the authors' ``F.interpolate(mode='nearest')``)."""
         with torch.no_grad():
             raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in images.split(256)))]
+        cells = self.padding.pad(masks[:, None].float())  # the feature maps cover the padded image
         out = []
         for level, f in enumerate(raw):
-            labels = F.interpolate(masks[:, None].float(), size=f.shape[-2:], mode="nearest")
+            labels = F.interpolate(cells, size=f.shape[-2:], mode="nearest")
             vectors, cond = self.level_vectors(level, f)
             out.append((vectors, cond, _flatten(labels).squeeze(1)))
         return out

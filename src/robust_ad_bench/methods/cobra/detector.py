@@ -8,7 +8,9 @@
 - ``cobra``: three attacks per batch (intra-group, opposite-pair, transformation classification) and
   multi-positive NT-Xent over [view 1, view 2, intra copy, opposite copy] + cross-entropy of the
   transformation classifier on clean and attacked views.
-All three share the encoder and the CSI-style score over the training feature bank.
+All three share the encoder and the CSI-style score over the training feature bank. The score takes a max
+over the bank (one bank row gets the gradient at a time): attacks also follow its surrogate ``bank-lse``,
+the same score with a logsumexp over the bank.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from robust_ad_bench.methods.cobra.pseudo_anomalies import (
     simclr_augment,
 )
 from robust_ad_bench.methods.common.networks import ENCODERS, encoder_for
+from robust_ad_bench.methods.common.surrogates import relative_smooth_max
 from robust_ad_bench.methods.common.training import (
     OPTIMIZERS,
     MinibatchTrainer,
@@ -55,8 +58,9 @@ class ContrastiveConfig(DetectorConfig):
     blocks: tuple[int, ...] = (1, 1)
     stem_stride: int = 2  # 2: the ResNet's CIFAR stem halves the resolution (cheaper); 1 as ResNet-18
     proj_dim: int = 128
-    # pseudo-anomalies: "rotation" (4 groups), "scar" (2 groups), "auto" (rotation when rotated training
-    # images lie clearly off the training set, see ``auto_rotation_threshold``; else scar)
+    # pseudo-anomalies: "rotation" (4 groups; on non-square images the 90° and 270° turns are resized back
+    # to H×W, see ``quarter_turn``), "scar" (2 groups), "auto" (rotation when rotated training images lie
+    # clearly off the training set, see ``auto_rotation_threshold``; else scar)
     pseudo_anomaly: str = "auto"
     auto_rotation_threshold: float = 2.0
     scar_size: tuple[float, float] = (7 / 224, 40 / 224)  # strip sides as fractions of the image side
@@ -147,12 +151,16 @@ class Contrastive(Detector):
         own = logits[torch.arange(groups), :, torch.arange(groups)]  # logit of each group's own class
         return z, own
 
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, smooth: bool = False) -> torch.Tensor:
         z, own = self._group_features(x)
         # max cosine similarity to the bank times the feature norm = max inner product with unit bank rows
-        sim = torch.einsum("gnd,gmd->gnm", z, self.bank).max(2).values
+        sims = torch.einsum("gnd,gmd->gnm", z, self.bank)
+        sim = relative_smooth_max(sims.flatten(0, 1)).view(sims.shape[:2]) if smooth else sims.max(2).values
         normality = sim * self.weight_sim[:, None] + own * self.weight_cls[:, None]
         return -normality.mean(0)
+
+    def surrogates(self) -> dict:
+        return {"bank-lse": lambda x: self.score(x, smooth=True)}
 
     @torch.no_grad()
     def _build_bank(self, images: torch.Tensor) -> None:

@@ -170,7 +170,9 @@ def fit_by_reconstruction(encoder: ConvEncoder, x: torch.Tensor, width: int, lat
 
 class PretextFeatures(nn.Module):
     """A ``ConvEncoder`` trained by reconstruction on normal images; the outputs of its last ``levels``
-    convolution stages (for 32×32 inputs: 16×16, 8×8 and 4×4) are the feature levels."""
+    convolution stages (for 32×32 inputs: 16×16, 8×8 and 4×4) are the feature levels. They cover the image
+    padded by ``padding`` (25×25: padded to 28×28, levels 28, 14 and 7 px); ``padding.crop`` of a map
+    upsampled to ``padding.padded`` is aligned with the image."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = 8, levels: int = 3) -> None:
         super().__init__()
@@ -181,6 +183,7 @@ class PretextFeatures(nn.Module):
         self.levels = min(levels, stages)
         self.first = stages - self.levels
         self.channels = [width * 2**i for i in range(self.first, stages)]
+        self.padding = self.encoder.padding
         self.register_buffer("mean", torch.zeros(1, image_shape[0], 1, 1))
         self.register_buffer("std", torch.ones(1, image_shape[0], 1, 1))
 
@@ -196,7 +199,7 @@ class PretextFeatures(nn.Module):
         return history
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h = (x - self.mean) / self.std
+        h = self.padding.pad((x - self.mean) / self.std)
         out = []
         for i, layer in enumerate(self.encoder.features):
             h = layer(h)

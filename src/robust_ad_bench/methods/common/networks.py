@@ -1,9 +1,13 @@
 """Networks trained from scratch whose size follows the image, shared by the methods.
 
-Every network here halves the resolution with stride-2 stages until it is 4×4 (8×8 digits: one halving;
-32×32 textures: three) and doubles the width at each halving (``halvings``); only the stage differs.
+Every network here halves the resolution with stride-2 stages until the smaller side is 4 to 7 px (8×8
+digits: one halving to 4×4; 32×32 textures: three, to 4×4; 25×25: two, to 7×7; 224×224: five, to 7×7) and
+doubles the width at each halving (``halvings``); only the stage differs. Any H×W ≥ 8×8 works, square or
+not: the conv autoencoder pads its input to a multiple of 2^halvings (``Padding``, replicated border,
+cropped back on the way out) and its linear map reads the whole final grid (4×4 at powers of two); the
+contrastive encoders pool globally.
 
-- ``ConvEncoder`` / ``ConvDecoder``: a plain conv stack to 4×4 and a linear map to a latent vector, and
+- ``ConvEncoder`` / ``ConvDecoder``: a plain conv stack to the final grid and a linear map to a latent vector, and
   its mirror (autoencoder, Deep SVDD, the reconstruction pretext of the frozen feature extractors).
 - Contrastive encoders (image → pooled feature vector, batch norm), picked by ``encoder_for``:
   ``small-cnn`` (a few 3×3 convolutions, for 8×8 digits, where a ResNet stem would leave nothing to
@@ -15,7 +19,7 @@ Every network here halves the resolution with stride-2 stages until it is 4×4 (
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +32,11 @@ IMAGENET_STEM_SIZE = 224  # from this size up the ResNet uses the ImageNet stem
 
 
 def halvings(size: int) -> int:
-    """Number of stride-2 stages that bring ``size`` down to 4 (at least one)."""
-    if size < 8 or size & (size - 1):
-        raise ValueError(f"image size must be a power of two >= 8, got {size}")
-    return max(int(math.log2(size)) - 2, 1)
+    """Number of stride-2 stages that bring a side of ``size`` px (the smaller side of the image) to 4–7 px,
+    at least one: log2(size) − 2 for powers of two."""
+    if size < 8:
+        raise ValueError(f"image side must be >= 8 px, got {size}")
+    return max(size.bit_length() - 3, 1)
 
 
 def halving_widths(width: int, size: int) -> list[tuple[int, int]]:
@@ -39,35 +44,83 @@ def halving_widths(width: int, size: int) -> list[tuple[int, int]]:
     return [(width * 2**i, width * 2 ** (i + 1)) for i in range(halvings(size))]
 
 
+@dataclass(frozen=True)
+class Padding:
+    """Replicate-padding of H×W images to a multiple of ``multiple`` (split evenly between the two sides),
+    and the crop that undoes it. No padding at all when H and W are multiples already."""
+
+    height: int
+    width: int
+    multiple: int
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return -(-self.height // self.multiple) * self.multiple, -(-self.width // self.multiple) * self.multiple
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        """(top, left): rows and columns added before the image."""
+        ph, pw = self.padded
+        return (ph - self.height) // 2, (pw - self.width) // 2
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.padded
+        if (ph, pw) == (self.height, self.width):
+            return x
+        top, left = self.offsets
+        return F.pad(x, (left, pw - self.width - left, top, ph - self.height - top), mode="replicate")
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The image's own H×W out of a map at the padded size (the last two dimensions)."""
+        if x.shape[-2:] == (self.height, self.width):
+            return x
+        top, left = self.offsets
+        return x[..., top: top + self.height, left: left + self.width]
+
+
+def conv_padding(image_shape: tuple[int, int, int]) -> tuple[Padding, tuple[int, int]]:
+    """The padding of ``ConvEncoder``/``ConvDecoder`` for C×H×W images and the grid its stride-2 stages end
+    at (4×4 for square powers of two)."""
+    _, height, width = image_shape
+    stages = halvings(min(height, width))
+    padding = Padding(height, width, 2**stages)
+    ph, pw = padding.padded
+    return padding, (ph >> stages, pw >> stages)
+
+
 class ConvEncoder(nn.Module):
-    """Conv stack to 4×4, then a linear map to ``latent`` features. ``features`` alternates convolution
-    and activation, one pair per stage (the frozen pretext encoder reads the stage outputs)."""
+    """Conv stack to a 4–7 px grid (4×4 at powers of two), then a linear map of the whole grid to ``latent``
+    features. ``features`` alternates convolution and activation, one pair per stage (the frozen pretext
+    encoder reads the stage outputs, which cover the padded image: ``padding``)."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = 32, latent: int = 32,
                  bias: bool = True) -> None:
         super().__init__()
-        channels, size, _ = image_shape
+        channels, height, image_width = image_shape
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=bias), nn.LeakyReLU(0.1)]
-        stages = halving_widths(width, size)
+        stages = halving_widths(width, min(height, image_width))
         for ch_in, ch_out in stages:
             layers += [nn.Conv2d(ch_in, ch_out, 4, stride=2, padding=1, bias=bias), nn.LeakyReLU(0.1)]
         self.out_channels = stages[-1][1]
+        self.padding, grid = conv_padding(image_shape)
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(self.out_channels * 16, latent, bias=bias)
+        self.head = nn.Linear(self.out_channels * grid[0] * grid[1], latent, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+        return self.head(self.features(self.padding.pad(x)).flatten(1))
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of ``ConvEncoder``: latent → 4×4 → transposed convolutions back to the image size."""
+    """Mirror of ``ConvEncoder``: latent → the encoder's final grid → transposed convolutions back to the
+    padded size, cropped to H×W."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = 32, latent: int = 32) -> None:
         super().__init__()
-        channels, size, _ = image_shape
-        stages = halving_widths(width, size)
+        channels, height, image_width = image_shape
+        stages = halving_widths(width, min(height, image_width))
         self.start_channels = stages[-1][1]
-        self.head = nn.Linear(latent, self.start_channels * 16)
+        self.padding, self.grid = conv_padding(image_shape)
+        self.head = nn.Linear(latent, self.start_channels * self.grid[0] * self.grid[1])
         layers: list[nn.Module] = []
         for ch_small, ch_large in reversed(stages):
             layers += [nn.LeakyReLU(0.1), nn.ConvTranspose2d(ch_large, ch_small, 4, stride=2, padding=1)]
@@ -75,11 +128,12 @@ class ConvDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(self.head(z).view(len(z), self.start_channels, 4, 4))
+        return self.padding.crop(self.body(self.head(z).view(len(z), self.start_channels, *self.grid)))
 
 
 class SmallCNN(nn.Module):
-    """Conv → (stride-2 conv, conv) per halving → global average pool; ``out_dim`` = last width."""
+    """Conv → (stride-2 conv, conv) per halving of ``size`` (the smaller image side) → global average pool;
+    ``out_dim`` = last width. Any H×W: odd sides round up at each stride-2 convolution."""
 
     def __init__(self, in_channels: int, size: int, width: int = 32) -> None:
         super().__init__()
@@ -116,7 +170,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """ResNet of basic blocks; stage i has ``blocks[i]`` blocks of ``width·2^i`` channels (stride 2 after
-    the first stage). Output: globally pooled features of size ``out_dim``."""
+    the first stage). Output: globally pooled features of size ``out_dim`` (any H×W). ``size``: the smaller
+    image side, which picks the stem."""
 
     def __init__(self, in_channels: int, size: int, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2),
                  stem_stride: int = 1) -> None:
@@ -143,12 +198,14 @@ class ResNet(nn.Module):
 
 def encoder_for(kind: str, image_shape: tuple[int, int, int], width: int, blocks: tuple[int, ...],
                 stem_stride: int = 1) -> SmallCNN | ResNet:
-    """The contrastive encoder named ``kind``; ``auto``: the small CNN below 32 px, else the ResNet.
+    """The contrastive encoder named ``kind``; ``auto``: the small CNN when the smaller image side is below
+    32 px, else the ResNet.
     ``stem_stride`` 2 halves the resolution in the CIFAR stem (a cheap ResNet for CPU runs; 1 is
     ResNet-18's CIFAR stem)."""
     if kind not in ENCODERS:
         raise unknown_choice("backbone", kind, ENCODERS)
-    channels, size, _ = image_shape
+    channels, height, width_px = image_shape
+    size = min(height, width_px)
     if kind == "auto":
         kind = "small-cnn" if size < 32 else "resnet"
     if kind == "small-cnn":

@@ -12,7 +12,9 @@ one-step adversarial perturbation of the projected features.
 The score contains its own gradient step. With ``attack_through_inner_step`` (default) that step is
 differentiated when the input requires grad (double backpropagation, ``create_graph=True``), so a
 white-box attack sees the whole score; switched off, the step is a constant for the attacker (a weaker
-attack, kept to show the difference). ``sla`` is the ablation without the perturbation (ε = 0).
+attack, kept to show the difference). ``sla`` is the ablation without the perturbation (ε = 0). The
+softmax saturates on confident predictions: attacks also follow the surrogate ``log-loss``, the mean
+cross-entropy −log p_k(k) of the perturbed projections (the same direction, no saturation).
 
 ε: the authors step on the gradient of a *batch mean* of cross-entropies (batch 128, ε = 1000 on
 CIFAR-10), i.e. ε/128 per feature. Ours uses the per-feature gradient (a sum), so it does not depend on
@@ -194,20 +196,27 @@ class SLA2P(Detector):
         """ε_eff = ``perturbation`` · mean‖z_train‖ / 16: the authors' step, relative to the features' norm."""
         return self.config.perturbation * self.projected_norm / PAPER_NORM
 
-    def _score_rows(self, z: torch.Tensor) -> torch.Tensor:
+    def _score_rows(self, z: torch.Tensor, log_loss: bool = False) -> torch.Tensor:
         n, k, d = z.shape
         rows = z.reshape(n * k, d)
         if self.config.perturbation > 0:
             rows = self.perturb(rows)
-        probs = self.classifier(rows).softmax(1).view(n, k, k)
+        logits = self.classifier(rows)
+        if log_loss:  # the surrogate: cross-entropy of each projection's own pseudo-label
+            own = torch.arange(k, device=z.device).repeat(n)
+            return F.cross_entropy(logits, own, reduction="none").view(n, k).mean(1)
+        probs = logits.softmax(1).view(n, k, k)
         target = torch.eye(k, device=z.device, dtype=z.dtype)  # projection k has pseudo-label k
         return (probs - target).pow(2).mean(2).mean(1)
 
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, log_loss: bool = False) -> torch.Tensor:
         z = self.project(self.features(x))
         chunk = max(1, MAX_ROWS // self.config.n_projections)
         # chunks of samples only bound memory: in eval mode every row is scored independently
-        return torch.cat([self._score_rows(part) for part in z.split(chunk)])
+        return torch.cat([self._score_rows(part, log_loss) for part in z.split(chunk)])
+
+    def surrogates(self) -> dict:
+        return {"log-loss": lambda x: self.score(x, log_loss=True)}
 
     # -- training --------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> SLA2P:
