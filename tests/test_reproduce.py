@@ -81,7 +81,8 @@ def test_reproduce_bgad_on_a_miniature_tree(tmp_path, capsys):
     out = tmp_path / "res"
     args = ["reproduce", "bgad", "--data-root", str(tmp_path), "--out", str(out), "--attacks", "clean",
             "--no-checks", "--device", "cpu", "--set", "dataset_params.mvtec.resize=16", "--set",
-            f"method_params.bgad={{{TINY_FLOW}, pasted_repeats: 1}}", "--set", f"method_params.bgad-unsup={{{TINY_FLOW}}}"]
+            f"method_params.bgad={{{TINY_FLOW}, pasted_repeats: 1}}", "--set",
+            f"method_params.bgad-unsup={{{TINY_FLOW}}}"]
     assert main([*args, "--dry-run"]) == 0
     dry = capsys.readouterr()
     assert "bgad" in dry.out and "bottle" in dry.out and "skipped mvtec (cable, capsule" in " ".join(dry.err.split())
