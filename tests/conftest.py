@@ -16,6 +16,7 @@ TINY_METHOD_PARAMS = {
     "diffpure-ae": {"epochs": 2, "width": 4, "detector_params": {"epochs": 3}},
     "contrastive": {"epochs": 1, "width": 8}, "contrastive-at": {"epochs": 1, "width": 8, "train_steps": 1},
     "cobra": {"epochs": 1, "width": 8, "train_steps": 1},
+    "cobra-no-opposite": {"epochs": 1, "width": 8, "train_steps": 1},
 }
 
 

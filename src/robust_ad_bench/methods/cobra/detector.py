@@ -8,7 +8,10 @@
 - ``cobra``: three attacks per batch (intra-group, opposite-pair, transformation classification) and
   multi-positive NT-Xent over [view 1, view 2, intra copy, opposite copy] + cross-entropy of the
   transformation classifier on clean and attacked views.
-All three share the encoder and the CSI-style score over the training feature bank. The score takes a max
+- ``cobra-no-opposite``: ``cobra`` with the opposite-pair attack replaced by a second intra-group attack (the
+  ablation arm that isolates the paper's contribution).
+All four share the encoder and the authors' CSI-style score over the training feature bank (every group,
+averaged over seeded augmentation draws). The score takes a max
 over the bank (one bank row gets the gradient at a time): attacks also follow its surrogate ``bank-lse``,
 the same score with a logsumexp over the bank.
 """
@@ -47,7 +50,6 @@ from robust_ad_bench.methods.common.training import (
     training_eps,
     warmup_cosine_schedule,
 )
-
 
 SCORE_GROUPS = ("all", "identity")
 
@@ -187,10 +189,11 @@ class Contrastive(Detector):
 
     def score(self, x: torch.Tensor, smooth: bool = False) -> torch.Tensor:
         z, own = self._group_features(x)
+        g = len(z)  # the bank's first g groups (group 0 = identity) match the scored groups
         # max cosine similarity to the bank times the feature norm = max inner product with unit bank rows
-        sims = torch.einsum("gnd,gmd->gnm", z, self.bank)
+        sims = torch.einsum("gnd,gmd->gnm", z, self.bank[:g])
         sim = relative_smooth_max(sims.flatten(0, 1)).view(sims.shape[:2]) if smooth else sims.max(2).values
-        normality = sim * self.weight_sim[:, None] + own * self.weight_cls[:, None]
+        normality = sim * self.weight_sim[:g, None] + own * self.weight_cls[:g, None]
         return -normality.mean(0)
 
     def surrogates(self) -> dict:

@@ -2,16 +2,17 @@
 
 A pseudo-anomaly transform maps a batch to K groups (group 0 = the image itself): ``rotation`` gives the
 four 90° rotations (for object-centred data such as digits or CIFAR), ``scar`` gives the image and a
-"scar" CutPaste copy (a thin rotated strip cut from the image, colour-jittered, blurred and pasted
-elsewhere; sometimes a black hole), for textures and industrial images. All ops are batched tensor ops.
+"scar" CutPaste copy (``scar.py``: the authors' strip, colour-jittered, blurred, mirrored, rotated and pasted
+elsewhere; sometimes a black hole), for textures and industrial images. All ops are batched tensor ops; the
+random ones take a CPU ``torch.Generator`` and can draw one set of parameters for a whole batch (``shared``).
 
-Non-square images (H ≠ W): a quarter turn makes an H×W image W×H, so the 90° and 270° groups are resized
-back to H×W (bilinear, antialiased, differentiable; ``quarter_turn``). The four groups stay four distinct
+Non-square images (H ≠ W): a quarter turn makes an H×W image W×H, so the 90° and 270° groups are resized back
+to H×W (bilinear, antialiased, differentiable; ``quarter_turn``). The four groups stay four distinct
 orientations. The shape-preserving alternatives were rejected: {0°, 180°, vertical flip, horizontal flip}
-collapses to two groups under the random horizontal flips of the views and the mirror average of the
-score (a flip of a 180° turn is a vertical flip). ``auto`` measures the same resized turns; the squeeze
-alone does not move textures off their training set (grass, gravel, brick patches cropped to 32×24,
-32×16 or 32×8: 0.84–1.33, as square; digits resized to 8×12, 8×16 or 12×8: 2.5–4.2, as square).
+collapses to two groups under the random horizontal flips of the views and of the score's draws (a flip of a
+180° turn is a vertical flip). ``auto`` measures the same resized turns; the squeeze alone does not move
+textures off their training set (grass, gravel, brick patches cropped to 32×24, 32×16 or 32×8: 0.84–1.33, as
+square; digits resized to 8×12, 8×16 or 12×8: 2.5–4.2, as square).
 """
 
 from __future__ import annotations
