@@ -12,10 +12,18 @@ import torch
 from conftest import tiny_grid
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.certification import CertifyConfig, certified_auroc, certify, lower_bounds, min_count
+from robust_ad_bench.benchmark.certification import (
+    CertifyConfig,
+    certified_auroc,
+    certify,
+    lower_bounds,
+    min_count,
+    noisy_scores,
+)
 from robust_ad_bench.benchmark.metrics import auroc
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.core.attack import images_per_call
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS, load_plugin_file
@@ -94,6 +102,24 @@ def test_attack_batches_count_the_eot_copies(digits):
     sizes.clear()
     ATTACKS.get("pgd")({"batch_size": 16, "eot_samples": 1, "steps": 2}).perturb(noisy, x, y, 8 / 255)
     assert max(sizes) == 16
+
+
+def test_batches_count_pixels_so_large_images_take_fewer_per_call():
+    """batch_size counts 32×32 images: at 64×64 a batch of 16 is 4 images (attacks, scoring, certificates),
+    and small images are never batched by more than batch_size."""
+    assert [images_per_call(256, s) for s in ((1, 8, 8), (3, 32, 32), (3, 64, 96), (3, 224, 224))] == [256, 256, 42, 5]
+    assert images_per_call(1, (3, 224, 224)) == 1
+    train, test = torch.rand(8, 1, 64, 64), torch.rand(12, 1, 64, 64)
+    detector = METHODS.get("knn")((1, 64, 64), {})
+    detector.fit(TrainSet(train))
+    sizes = []
+    score = detector.score
+    detector.score = lambda x: sizes.append(len(x)) or score(x)
+    ATTACKS.get("pgd")({"batch_size": 16, "steps": 1}).perturb(detector, test, torch.zeros(12).long(), 8 / 255)
+    assert max(sizes) == 4
+    sizes.clear()
+    noisy_scores(detector.score, test[:3], 0.25, draws=10, batch_size=16)
+    assert max(sizes) == 4
 
 
 def test_bpda_attacks_a_non_differentiable_purifier(digits):

@@ -111,7 +111,7 @@ def test_seen_anomalies_are_marked_per_dataset():
     table = leaderboard.wide(results)
     # s saw anomalies on t only (a per-dataset few-anomaly protocol); v ran on t only
     assert table.loc["s", "SA"] == "t" and table.loc["v", "SA"] == "t" and table.loc["u", "SA"] == ""
-    assert leaderboard._sa_for("t", "t") == "yes" and leaderboard._sa_for("t", "d") == ""
+    assert leaderboard.sa_for("t", "t") == "yes" and leaderboard.sa_for("t", "d") == ""
     console = Console(record=True, width=200)
     leaderboard.render(table, console)
     text = console.export_text()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.report import REPORT_FILE, with_reported
+from robust_ad_bench.benchmark.report import REPORT_FILE, board_html, with_reported
 from robust_ad_bench.benchmark.runner import Runner
 
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -76,3 +76,14 @@ def test_reported_figures_become_a_column_when_available():
     out = with_reported(table, {"ae": "0.91 (paper)"})
     assert list(out.columns) == ["AT", "reported", "digits clean", "failed"]
     assert list(out["reported"]) == ["0.91 (paper)", "–"]
+
+
+def test_sa_marks_only_the_datasets_a_method_saw_anomalies_of_and_the_legend_is_per_image(report):
+    table = pd.DataFrame({"AT": ["", ""], "SA": ["textures", ""], "digits clean": ["0.9", "0.8"],
+                          "textures clean": ["0.7", "0.6"], "failed": [0, 0]},
+                         index=pd.Index(["bgad", "knn"], name="method"))
+    digits, textures = board_html(table, "digits"), board_html(table, "textures")
+    assert ">yes<" not in digits and ">textures<" not in digits
+    assert textures.count(">yes<") == 1
+    text = report.read_text()
+    assert "per-image worst score" in text and "lowest AUROC over the attacks" not in text

@@ -23,6 +23,7 @@ from scipy.stats import beta, norm
 
 from robust_ad_bench.benchmark import metrics
 from robust_ad_bench.core.adaptive import ScoreFn
+from robust_ad_bench.core.attack import images_per_call
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 CERTIFY_METHODS = ("certifiable", "all", "none")
@@ -52,7 +53,8 @@ class CertifyConfig:
 
 def noisy_scores(score: ScoreFn, x: torch.Tensor, sigma: float, draws: int, batch_size: int) -> torch.Tensor:
     """Scores of ``draws`` Gaussian-noised copies of each image: N × draws, about ``batch_size`` noisy
-    images per score call."""
+    images per score call (counted in 32×32 images: ``images_per_call``)."""
+    batch_size = images_per_call(batch_size, x.shape)
     rows = []
     with torch.no_grad():
         for part in x.split(max(1, batch_size // min(draws, batch_size))):

@@ -24,6 +24,7 @@ from robust_ad_bench.benchmark.runtime import key_seed, seed_everything
 from robust_ad_bench.benchmark.store import CertifiedRow, CheckRow, JobResult
 from robust_ad_bench.benchmark.worst_case import AdversarialImages, wins_text, worst_scores
 from robust_ad_bench.core.adaptive import expectation
+from robust_ad_bench.core.attack import images_per_call
 from robust_ad_bench.core.dataset import Split
 from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import ATTACKS, METHODS
@@ -34,7 +35,8 @@ BOOTSTRAP_ROUNDS = 200  # 95 % CI of each job's AUROC, for single runs (the eval
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
-        return torch.cat([fn(b).detach().float().cpu() for b in x.split(SCORE_BATCH)]).numpy()
+        return torch.cat([fn(b).detach().float().cpu()
+                          for b in x.split(images_per_call(SCORE_BATCH, x.shape))]).numpy()
 
 
 def job_result(job: Job, status: str, **fields: Any) -> JobResult:
@@ -60,7 +62,7 @@ def score_images(detector: Detector, x: torch.Tensor, draws: int, seed: int) -> 
         torch.manual_seed(seed)
         with torch.no_grad():
             return torch.cat([expectation(detector.score, draws)(b).detach().float().cpu()
-                              for b in x.split(max(1, SCORE_BATCH // draws))]).numpy()
+                              for b in x.split(max(1, images_per_call(SCORE_BATCH, x.shape) // draws))]).numpy()
 
 
 def attacked_scores(detector: Detector, split: Split, attack_name: str, params: dict[str, Any], eps: float,

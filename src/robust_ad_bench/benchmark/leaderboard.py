@@ -208,7 +208,7 @@ def _sa_cell(seen: pd.Series, method: str, datasets: set[str]) -> str:
     return "yes" if on and on >= {str(d) for d in datasets} else ",".join(sorted(on))
 
 
-def _sa_for(cell: str, dataset: str) -> str:
+def sa_for(cell: str, dataset: str) -> str:
     """The SA flag of one dataset's table."""
     return "yes" if cell == "yes" or dataset in cell.split(",") else ""
 
@@ -231,7 +231,7 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
         out.add_column("failed", justify="right")
         for method, row in table.iterrows():
             failed = f"[red]{row['failed']}[/red]" if row["failed"] else ""
-            marks = [_sa_for(row[f], dataset) if f == "SA" else row[f] for f in flags]
+            marks = [sa_for(row[f], dataset) if f == "SA" else row[f] for f in flags]
             out.add_row(str(method), *marks, *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
         console.print(out)
     seen = "SA: saw a few labelled test anomalies in training (held out of every method's test set). " \

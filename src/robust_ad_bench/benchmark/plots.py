@@ -136,8 +136,8 @@ def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right center", fontsize="small", frameon=False)
-        fig.suptitle(f"{dataset}: robustness curve, per-image worst case over attacks (mean ± std over classes "
-                     "and seeds)")
+        fig.suptitle(f"{dataset}: robustness curve\nper-image worst case over attacks (mean ± std over classes "
+                     "and seeds)", fontsize="medium")
         paths.append(_save(fig, folder / f"robustness_{safe_name(str(dataset))}.png"))
     return paths
 

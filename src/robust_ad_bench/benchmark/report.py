@@ -102,7 +102,9 @@ def board_html(table: pd.DataFrame, dataset: str) -> str:
               for h, k in zip(head, kinds)]
     lines.append("</tr></thead><tbody>")
     for method, row in table.iterrows():
-        values = [str(method), *(str(row[c]) for c in extra), *(str(row[c]) for c in cols), str(row["failed"])]
+        # SA of this dataset only (a per-dataset few-anomaly protocol lists the datasets)
+        flags = [leaderboard.sa_for(str(row[c]), dataset) if c == "SA" else str(row[c]) for c in extra]
+        values = [str(method), *flags, *(str(row[c]) for c in cols), str(row["failed"])]
         cells = []
         for i, (value, kind) in enumerate(zip(values, kinds)):
             css = f' class="{kind}"' if kind else ""
@@ -154,7 +156,9 @@ def build_report(store: Store, out: str | Path, reported: Mapping[str, str] | No
             body.append(board_html(table, dataset))
         body.append("<p class='note'>AT: adversarially trained. SA: saw a few labelled test anomalies in training. "
                     "Robust columns: the attack at that eps, both classes attacked; worst-&lt;norm&gt; (shaded): per "
-                    "model, the lowest AUROC over the attacks of that norm, and the attack that achieved it.</p>")
+                    "model, the AUROC of the per-image worst score over every attack of that norm at that eps "
+                    "(highest score of each normal, lowest of each anomaly), and the attack that won most images."
+                    "</p>")
         body.append("<h2>Sanity-check flags</h2>" + legend_html(table))
     if paths:
         body.append("<h2>Plots</h2>" + plots_html(paths))

@@ -113,7 +113,7 @@ def comparison_table(table: pd.DataFrame, paper: Paper) -> Table:
         reported = "not found" if r.found is False else _percent(r.reported)
         runs = f"{r.n}/{r.of} classes" if r.normal_class == MEAN else f"{r.n} seed{'s' if r.n != 1 else ''}"
         if r.n == 0:
-            runs = "failed"
+            runs = "no result"  # not in this grid (e.g. --attacks narrowed), or its jobs failed
         difference = "" if math.isnan(r.difference) else f"{r.difference:+.1f}"
         eps = eps_label(r.eps, r.norm) if r.norm != "none" else ""
         setting = [_setting(r.setting)] if show_setting else []

@@ -18,6 +18,7 @@ through ``scaled_params``, whatever the attack calls them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,12 +36,23 @@ from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.params import build_config
 
 NORMS = ("linf", "l2", "none")
+REFERENCE_PIXELS = 32 * 32  # batch sizes count images of this size (the embedded data's largest)
+
+
+def images_per_call(batch_size: int, image_shape: Sequence[int]) -> int:
+    """How many images of ``image_shape`` (..., H, W) make ``batch_size`` 32×32 images' worth of pixels
+    (never more than ``batch_size``): a call's memory stays bounded on large images (at 224×224, a batch
+    of 256 is 5 images; a stochastic UNet detector at 256 images per call took about 10 GB there)."""
+    pixels = int(image_shape[-2]) * int(image_shape[-1])
+    return max(1, batch_size * REFERENCE_PIXELS // max(pixels, REFERENCE_PIXELS))
 TARGETS = ("both", "normal", "anomaly")  # which test images the attacker perturbs
 
 
 @dataclass
 class AttackConfig:
-    batch_size: int = 256  # images per score call, EOT copies included (256 // 8 = 32 stochastic images)
+    # images per score call, EOT copies included (256 // 8 = 32 stochastic images), counted in 32×32 images
+    # (``images_per_call``: fewer larger images)
+    batch_size: int = 256
     target: str = "both"  # both (the protocol's default), normal (only normals), anomaly (only anomalies)
     eot_samples: int = 8  # draws averaged per gradient when the detector is ``stochastic`` (EOT)
     gradient: str = "auto"  # auto, full (through the purifier), bpda (identity/surrogate backward)
@@ -192,7 +204,8 @@ class Attack:
         detector.eval()  # attack the deployed model: no dropout, frozen batch-norm statistics
         # A stochastic detector is scored on eot_samples copies of each image in one call: the batch
         # bounds the images per call, so the memory of an attack does not grow with the EOT draws.
-        per_batch = max(1, self.config.batch_size // eot_draws(detector, self.config.eot_samples))
+        per_call = images_per_call(self.config.batch_size, x.shape)
+        per_batch = max(1, per_call // eot_draws(detector, self.config.eot_samples))
         try:
             for part in idx.split(per_batch):
                 x_adv[part] = self.attack_batch(detector, x[part], y[part], eps).detach()
