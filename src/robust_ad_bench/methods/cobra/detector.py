@@ -148,6 +148,8 @@ class Contrastive(Detector):
 
     version = "2"  # 2: the authors' scar, score over both groups and 10 draws, LARS on every parameter
     Config = ContrastiveConfig
+    below_chance_note = ("the authors' score over both groups: on the 32-px textures the scarred copies' terms rank "
+                         "defects as normal (methods/cobra/README.md); score_groups: identity scores without them")
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
