@@ -14,8 +14,11 @@ TINY_METHOD_PARAMS = {
     "bgad": TINY_FLOW, "bgad-unsup": TINY_FLOW, "sla2p": TINY_SLA, "sla": TINY_SLA,
     "advrad": {"epochs": 5, "width": 4, "noise_step": 100},
     "diffpure-ae": {"epochs": 2, "width": 4, "detector_params": {"epochs": 3}},
-    "contrastive": {"epochs": 1, "width": 8}, "contrastive-at": {"epochs": 1, "width": 8, "train_steps": 1},
-    "cobra": {"epochs": 1, "width": 8, "train_steps": 1},
+    # 2 score draws (the authors' 10 are tested in test_cobra.py): the score runs inside every attack step
+    "contrastive": {"epochs": 1, "width": 8, "score_draws": 2},
+    "contrastive-at": {"epochs": 1, "width": 8, "train_steps": 1, "score_draws": 2},
+    "cobra": {"epochs": 1, "width": 8, "train_steps": 1, "score_draws": 2},
+    "cobra-no-opposite": {"epochs": 1, "width": 8, "train_steps": 1, "score_draws": 2},
 }
 
 

@@ -14,7 +14,9 @@ from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.params import build_config
 from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.methods.cobra import losses
-from robust_ad_bench.methods.cobra.pseudo_anomalies import choose_pseudo_anomaly, expand_groups, scar
+from robust_ad_bench.methods.cobra.pseudo_anomalies import choose_pseudo_anomaly, expand_groups
+from robust_ad_bench.methods.cobra.scar import color_jitter, gaussian_blur, scar, shift_hue
+from robust_ad_bench.methods.common.training import LARS, resample, warmup_cosine
 
 TINY = {"epochs": 1, "width": 8, "train_steps": 2}
 
@@ -168,8 +170,9 @@ def test_bad_parameters_are_named():
 
 
 def test_methods_run_in_the_grid(tmp_path):
-    summary = Runner(tiny_grid(tmp_path, methods="contrastive,contrastive-at,cobra", classes="0")).run()
-    assert summary.failed == [] and summary.computed == 6
+    summary = Runner(tiny_grid(tmp_path, methods="contrastive,contrastive-at,cobra-no-opposite,cobra",
+                               classes="0", checks=False)).run()  # checks: test_checks.py
+    assert summary.failed == [] and summary.computed == 8
     with Store(tmp_path) as store:
         results = store.results()
     assert (results["status"] == "ok").all() and results["auroc"].notna().all()
@@ -184,3 +187,168 @@ def test_paper_configs_load(name):
     params = build_config(METHODS.get("cobra").Config, cfg.method_params["cobra"], "method 'cobra'")
     assert (params.backbone, params.width, params.blocks, params.stem_stride, params.train_steps) == (
         "resnet", 64, (2, 2, 2, 2), 1, 10)
+
+
+# -- the authors' scar -------------------------------------------------------------------------------------
+def _two_tone(n: int, side: int = 32) -> torch.Tensor:
+    """Left half black (mean 0, outside the authors' (0.15, 0.8)), right half mid-gray."""
+    x = torch.zeros(n, 1, side, side)
+    x[..., side // 2:] = 0.5
+    return x
+
+
+def test_scar_destination_is_redrawn_until_its_intensity_is_in_range():
+    x = _two_tone(200)
+    _, mask = scar(x, generator=torch.Generator().manual_seed(0))
+    cols = torch.arange(32.0)
+    centre_x = (mask.float().sum(1) * cols).sum(1) / mask.float().sum((1, 2))
+    # without the redraw about half of the strips would land on the black half
+    assert (centre_x > 13.5).float().mean() > 0.97
+
+
+def test_scar_rotates_over_the_full_circle():
+    x = torch.full((300, 1, 64, 64), 0.5)
+    _, mask = scar(x, width=(0.04, 0.05), length=(0.4, 0.45), generator=torch.Generator().manual_seed(1))
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    m = mask.float()
+    area = m.sum((1, 2))
+    cy, cx = (m * ys).sum((1, 2)) / area, (m * xs).sum((1, 2)) / area
+    dy, dx = ys - cy[:, None, None], xs - cx[:, None, None]
+    syy, sxx, sxy = ((m * dy * dy).sum((1, 2)), (m * dx * dx).sum((1, 2)), (m * dx * dy).sum((1, 2)))
+    axis = 0.5 * torch.atan2(2 * sxy, sxx - syy)  # orientation of the long axis from the x axis, (-90°, 90°]
+    near_horizontal = axis.abs() < torch.pi / 6
+    # ±45° around the vertical (the old scar) never gives a long axis within 30° of the horizontal
+    assert near_horizontal.float().mean() > 0.15
+
+
+def test_scar_colour_jitter_is_as_strong_as_torchvisions():
+    gray = torch.full((500, 1, 4, 4), 0.5)
+    out = color_jitter(gray, torch.Generator().manual_seed(0), shared=False)
+    # brightness factor in [0.2, 1.8]: 0.1–0.9 on a flat 0.5 image (the old ±0.1 gave 0.4–0.6)
+    assert out.min() < 0.2 and out.max() > 0.8
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 1
+    green = shift_hue(red, torch.full((1, 1, 1, 1), 1 / 3))
+    torch.testing.assert_close(green, red.roll(1, dims=1), atol=1e-5, rtol=0)
+    x = torch.rand(6, 3, 5, 5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(shift_hue(x, torch.zeros(6, 1, 1, 1)), x, atol=1e-5, rtol=0)
+
+
+def test_gaussian_blur_has_the_kernel_extent_and_a_sigma_per_image():
+    delta = torch.zeros(2, 1, 21, 21)
+    delta[:, :, 10, 10] = 1
+    out = gaussian_blur(delta, torch.tensor([1.0, 4.0]), kernel=(5, 9))
+    torch.testing.assert_close(out.sum((1, 2, 3)), torch.ones(2))
+    support = out[0, 0] > 0
+    assert support.any(0).sum() == 5 and support.any(1).sum() == 9  # 5 wide, 9 tall
+    assert out[1, 0, 10, 10] < out[0, 0, 10, 10]  # the larger sigma spreads more
+
+
+def test_scar_shared_draws_one_geometry_for_the_batch(textures_train):
+    x = textures_train[:8]
+    _, mask = scar(x, generator=torch.Generator().manual_seed(5), shared=True)
+    area = mask.flatten(1).sum(1)
+    assert (area - area[0]).abs().max() <= 0.35 * area[0]  # same strip (only the destination may differ)
+
+
+# -- score ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scar_cobra(textures_train):
+    torch.manual_seed(0)
+    detector = METHODS.get("cobra")((1, 32, 32), {**TINY, "blocks": [1], "pseudo_anomaly": "scar"})
+    detector.fit(TrainSet(textures_train, default_eps={"linf": (4 / 255,)}))
+    return detector.eval()
+
+
+def test_score_is_deterministic_and_independent_of_the_batch(scar_cobra, textures_train):
+    x = textures_train[:6]
+    with torch.no_grad():
+        first, again, part = scar_cobra.score(x), scar_cobra.score(x), scar_cobra.score(x[2:5])
+    assert torch.equal(first, again)
+    torch.testing.assert_close(part, first[2:5], atol=1e-5, rtol=1e-5)
+
+
+def test_score_uses_both_groups_over_ten_draws(scar_cobra, textures_train):
+    x = textures_train[:3]
+    rows = []
+    handle = scar_cobra.encoder.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    try:
+        with torch.no_grad():
+            base = scar_cobra.score(x)
+            weight = scar_cobra.encoder.classifier.weight
+            saved = weight.detach().clone()
+            weight.data[1] += 0.5  # the scar class's logit: used by the score only through the scar group
+            moved = scar_cobra.score(x)
+            weight.data.copy_(saved)
+    finally:
+        handle.remove()
+    assert rows[0] == 10 * 2 * 3
+    assert not torch.allclose(base, moved)
+    identity = METHODS.get("cobra")((1, 32, 32), {**TINY, "blocks": [1], "score_groups": "identity"})
+    identity.restore(scar_cobra.state_dict())
+    with torch.no_grad():
+        base = identity.eval().score(x)
+        identity.encoder.classifier.weight.data[1] += 0.5
+        torch.testing.assert_close(identity.score(x), base)
+
+
+# -- optimizer, schedule, epoch size ----------------------------------------------------------------------------
+def test_lars_scales_every_parameter_as_torchlars():
+    bias = torch.nn.Parameter(torch.ones(2))
+    bias.grad = torch.full((2,), 10.0)
+    LARS([bias], lr=1.0, weight_decay=0.0).step()
+    # trust 1e-3·‖w‖/‖g‖ times g: a step of 1e-3 (unscaled, the step would be 10)
+    torch.testing.assert_close(bias.detach(), torch.full((2,), 0.999))
+    w = torch.nn.Parameter(torch.full((2, 2), 2.0))
+    w.grad = torch.full((2, 2), 1.0)
+    LARS([w], lr=1.0, weight_decay=0.5).step()
+    # (g + wd·w)·1e-3·‖w‖/(‖g‖ + wd·‖w‖) = 2·1e-3·4/(2 + 2)
+    torch.testing.assert_close(w.detach(), torch.full((2, 2), 2.0 - 2e-3))
+
+
+def test_warmup_ramps_to_ten_times_the_base_lr():
+    assert warmup_cosine(0, 100, 10, multiplier=10) == 1
+    assert warmup_cosine(5, 100, 10, multiplier=10) == pytest.approx(5.5)
+    assert warmup_cosine(10, 100, 10, multiplier=10) == pytest.approx(10)
+    assert warmup_cosine(99, 100, 10, multiplier=10) < 0.01
+    assert warmup_cosine(0, 100, 0, multiplier=10) == 1  # no warm-up: the base lr
+    assert warmup_cosine(4, 100, 10) == pytest.approx(0.5)  # multiplier 1 unchanged
+
+
+def test_samples_per_epoch_repeats_the_set_and_sets_the_steps(digits_train, monkeypatch):
+    images = torch.arange(4.0)[:, None]
+    rows = resample(images, 10)[:, 0]
+    counts = torch.bincount(rows.long(), minlength=4)
+    assert len(rows) == 10 and counts.min() >= 2 and counts.max() <= 3
+    assert len(set(resample(images, 3)[:, 0].tolist())) == 3
+    calls = []
+    cls = METHODS.get("contrastive")
+    monkeypatch.setattr(cls, "training_loss", lambda self, x: calls.append(len(x)) or self.encoder(
+        self.normalize(x))[0].sum())
+    cls((1, 8, 8), {"epochs": 2, "width": 4, "batch_size": 20, "samples_per_epoch": 100}).fit(
+        TrainSet(digits_train))
+    assert calls == [20] * 10
+
+
+# -- the ablation arm ------------------------------------------------------------------------------------------
+def test_cobra_no_opposite_is_cobra_without_the_opposite_pair_attack(digits_train, monkeypatch):
+    assert "cobra-no-opposite" in METHODS.resolve("all")  # in --methods all
+    arm = METHODS.get("cobra-no-opposite")
+    assert issubclass(arm, METHODS.get("cobra")) and not getattr(arm, "hidden", False)
+    assert arm.adversarially_trained and arm.version == METHODS.get("cobra").version
+    used = []
+    for name in ("cobra", "cobra-no-opposite"):
+        detector = METHODS.get(name)((1, 8, 8), TINY)
+        detector.set_input_stats(digits_train)
+        detector.train_eps = 8 / 255
+        original = type(detector).opposite_pair_attack
+        monkeypatch.setattr(type(detector), "opposite_pair_attack",
+                            lambda self, v2, _o=original, _n=name: used.append(_n) or _o(self, v2))
+        assert torch.isfinite(detector.training_loss(digits_train[:8]))
+        monkeypatch.undo()
+    assert used == ["cobra"]
+
+
+def test_bad_score_options_are_named():
+    with pytest.raises(BenchError, match="unknown score groups 'both'"):
+        METHODS.get("cobra")((1, 8, 8), {"score_groups": "both"})

@@ -118,3 +118,21 @@ def test_seen_anomalies_are_marked_per_dataset():
     digits_table = text[text.index("on d "):text.index("on t ")]
     assert "yes" not in digits_table and "yes" in text[text.index("on t "):]
     assert not leaderboard.wide(frame([{**results.iloc[2].to_dict()}])).columns.isin(["SA"]).any()
+
+
+def test_a_documented_method_below_chance_gets_one_legend_line(monkeypatch):
+    from robust_ad_bench.core.registry import METHODS
+
+    monkeypatch.setattr(METHODS.get("knn"), "below_chance_note", "why it is low")
+    results = frame([
+        {"method": "knn", "dataset": "d", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0,
+         "auroc": 0.4},
+        {"method": "knn", "dataset": "t", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0,
+         "auroc": 0.9},
+        {"method": "ae", "dataset": "d", "normal_class": "0", "attack": "clean", "norm": "none", "eps": 0.0,
+         "auroc": 0.3},  # below chance without a note: no line (the number speaks)
+    ])
+    table = leaderboard.wide(results)
+    assert leaderboard.below_chance_notes(table) == ["knn below 0.5 clean on d: why it is low"]
+    monkeypatch.setattr(METHODS.get("knn"), "below_chance_note", "")
+    assert leaderboard.below_chance_notes(table) == []

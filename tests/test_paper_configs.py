@@ -27,7 +27,7 @@ TINY = {
     "bgad-unsup": {**TINY_FLOW, "backbone": "pretext"},
     "sla2p": {**TINY_SLA, "features": "auto"}, "sla": {**TINY_SLA, "features": "auto"},
     "sla2p-const-inner": {**TINY_SLA, "features": "auto"},
-    "cobra": {"epochs": 1, "width": 8, "train_steps": 1, "batch_size": 8, "warmup_epochs": 0},
+    "cobra": {"epochs": 1, "width": 8, "train_steps": 1, "batch_size": 8, "warmup_epochs": 0, "samples_per_epoch": 0},
     "advrad": {"epochs": 2, "width": 4, "batch_size": 8},
     "diffpure-ae": {"epochs": 1, "width": 4, "batch_size": 8, "noise_step": 5, "denoise_steps": 2,
                     "detector_params": {"epochs": 1}},

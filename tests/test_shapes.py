@@ -33,7 +33,7 @@ PARAMS = {
     "bgad": _FLOW, "bgad-unsup": _FLOW, "sla2p": _SLA, "sla": _SLA, "sla2p-const-inner": _SLA,
     "advrad": {"epochs": 1, "width": 4}, "diffpure-ae": {"epochs": 1, "width": 4, "detector_params": {"epochs": 1}},
     "contrastive": {k: v for k, v in _CONTRASTIVE.items() if k != "train_steps"},
-    "contrastive-at": _CONTRASTIVE, "cobra": _CONTRASTIVE,
+    "contrastive-at": _CONTRASTIVE, "cobra": _CONTRASTIVE, "cobra-no-opposite": _CONTRASTIVE,
 }
 EPS = 8 / 255
 

@@ -17,8 +17,8 @@ from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS, load_plugi
 
 PLUGIN = Path(__file__).parent / "plugins" / "attack_doubles.py"
 # methods whose score takes a max (over pixels or a feature bank) or saturates (exp, softmax, a clip)
-SATURATING = ("bgad", "bgad-unsup", "advrad", "diffpure-ae", "contrastive", "contrastive-at", "cobra", "sla2p",
-              "sla")
+SATURATING = ("bgad", "bgad-unsup", "advrad", "diffpure-ae", "contrastive", "contrastive-at", "cobra",
+              "cobra-no-opposite", "sla2p", "sla")
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from robust_ad_bench.benchmark.checks import flag_of
 from robust_ad_bench.benchmark.jobs import StoredConfig
+from robust_ad_bench.core.registry import METHODS
 
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
 METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC"}
@@ -240,8 +241,28 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
                   "worst-<norm>: per model, the AUROC of the per-image worst score over every attack of that norm "
                   "at that eps (highest score of each normal, lowest of each anomaly), and the attack that won "
                   "most images.")
-    for line in flag_legend(table):
+    for line in flag_legend(table) + below_chance_notes(table):
         console.print(line)
+
+
+def below_chance_notes(table: pd.DataFrame) -> list[str]:
+    """One line per method with a clean cell below 0.5 that documents why (``below_chance_note``)."""
+    clean = [c for c in table.columns if str(c).endswith(" clean")]
+    lines = []
+    for method, row in table.iterrows():
+        low = [str(c).split(" ", 1)[0] for c in clean if _mean_of(row[c]) < 0.5]
+        note = METHODS.get(str(method)).below_chance_note if low and str(method) in METHODS else ""
+        if note:
+            lines.append(f"{method} below 0.5 clean on {', '.join(low)}: {note}")
+    return lines
+
+
+def _mean_of(cell: object) -> float:
+    """The mean of a "mean ± std ..." cell (nan when there is none)."""
+    try:
+        return float(str(cell).split()[0])
+    except (ValueError, IndexError):
+        return float("nan")
 
 
 def flag_legend(table: pd.DataFrame) -> list[str]:
@@ -282,7 +303,8 @@ def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc",
     stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
     summarize(drop_superseded_worst(results), metric).to_csv(paths[0], index=False)
-    legend = "".join(f"\n{line}\n" for line in flag_legend(table)) if not table.empty else ""
+    legend = "".join(f"\n{line}\n" for line in flag_legend(table) + below_chance_notes(table)) \
+        if not table.empty else ""
     paths[1].write_text(to_markdown(table) + legend if not table.empty else "no finished jobs\n")
     paths[2].write_text(to_latex(table) if not table.empty else "% no finished jobs\n")
     return paths

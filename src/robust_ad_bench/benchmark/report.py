@@ -121,7 +121,8 @@ def legend_html(table: pd.DataFrame) -> str:
     items = "".join(f"<dt>!{html.escape(flag)}</dt><dd>{html.escape(meaning)}"
                     f"{'' if flag in shown else ' (not raised in this grid)'}</dd>"
                     for flag, meaning in leaderboard.FLAG_LEGEND.items())
-    return f'<dl class="legend">{items}</dl>'
+    notes = "".join(f"<p class='note'>{html.escape(line)}</p>" for line in leaderboard.below_chance_notes(table))
+    return f'<dl class="legend">{items}</dl>{notes}'
 
 
 def plots_html(paths: list[Path]) -> str:

@@ -8,7 +8,10 @@
 - ``cobra``: three attacks per batch (intra-group, opposite-pair, transformation classification) and
   multi-positive NT-Xent over [view 1, view 2, intra copy, opposite copy] + cross-entropy of the
   transformation classifier on clean and attacked views.
-All three share the encoder and the CSI-style score over the training feature bank. The score takes a max
+- ``cobra-no-opposite``: ``cobra`` with the opposite-pair attack replaced by a second intra-group attack (the
+  ablation arm that isolates the paper's contribution).
+All four share the encoder and the authors' CSI-style score over the training feature bank (every group,
+averaged over seeded augmentation draws). The score takes a max
 over the bank (one bank row gets the gradient at a time): attacks also follow its surrogate ``bank-lse``,
 the same score with a logsumexp over the bank.
 """
@@ -42,10 +45,13 @@ from robust_ad_bench.methods.common.training import (
     MinibatchTrainer,
     Stream,
     make_optimizer,
+    resample,
     steps_per_epoch,
     training_eps,
     warmup_cosine_schedule,
 )
+
+SCORE_GROUPS = ("all", "identity")
 
 
 @dataclass
@@ -63,27 +69,47 @@ class ContrastiveConfig(DetectorConfig):
     # clearly off the training set, see ``auto_rotation_threshold``; else scar)
     pseudo_anomaly: str = "auto"
     auto_rotation_threshold: float = 2.0
-    scar_size: tuple[float, float] = (7 / 224, 40 / 224)  # strip sides as fractions of the image side
+    # scar strip sides as fractions of the smaller image side. The authors' 7–40 × 10–40 px at 224 px
+    # (scar.STRIP_WIDTH/LENGTH, set by the paper configs) is 1–6 px at the embedded 32 px, which the
+    # transformation classifier does not learn; the default is the smallest size tried whose classifier
+    # accuracy on held-out training normals is >= 0.6 on every texture (README, "Choices")
+    scar_width: tuple[float, float] = (0.15, 0.4)
+    scar_length: tuple[float, float] = (0.25, 0.6)
     color_jitter: float = 0.4
     crop_min_scale: float = 1.0  # random resized crop of the views (1 = off)
     temperature: float = 0.5
     # optimization: "adam", or the paper's "lars" (SGD + layer-wise trust ratio, momentum 0.9);
-    # linear warm-up then cosine decay in both cases
+    # linear warm-up from lr to warmup_multiplier·lr (the authors' 10×; none without warm-up epochs), then
+    # cosine decay to zero
     optimizer: str = "adam"
     lr: float = 3e-3
     weight_decay: float = 1e-6
     warmup_epochs: int = 0
+    warmup_multiplier: float = 10.0
     epochs: int = 20
     batch_size: int = 64
-    score_flip: bool = True  # average the features of the image and its mirror image in the score
+    # images per epoch: the training set repeated and topped up with a random subset, drawn once (the
+    # authors' 10,000 on MVTec); 0 = the training set as it is
+    samples_per_epoch: int = 0
+    # the score averages each group's features over this many augmented draws (flip, pseudo-anomaly, view
+    # augmentation) made from a generator seeded with score_seed at every call: the score is deterministic
+    score_draws: int = 10
+    score_seed: int = 0
+    # score groups: "all" (the image and its pseudo-anomalies, the authors' score) or "identity" (the image
+    # only; the scar-group terms rank defective textures as more normal at the embedded budget, README)
+    score_groups: str = "all"
 
     def __post_init__(self) -> None:
         for kind, value, valid in (("backbone", self.backbone, ENCODERS), ("optimizer", self.optimizer, OPTIMIZERS),
-                                   ("pseudo-anomaly", self.pseudo_anomaly, PSEUDO_ANOMALIES)):
+                                   ("pseudo-anomaly", self.pseudo_anomaly, PSEUDO_ANOMALIES),
+                                   ("score groups", self.score_groups, SCORE_GROUPS)):
             if value not in valid:
                 raise unknown_choice(kind, value, valid)
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+        if self.score_draws < 1 or self.samples_per_epoch < 0 or self.warmup_multiplier < 1:
+            raise ValueError("score_draws must be >= 1, samples_per_epoch >= 0 and warmup_multiplier >= 1, got "
+                             f"{self.score_draws}, {self.samples_per_epoch}, {self.warmup_multiplier}")
 
 
 @dataclass
@@ -94,6 +120,9 @@ class ContrastiveATConfig(ContrastiveConfig):
 
 @dataclass
 class CobraConfig(ContrastiveATConfig):
+    # the opposite-pair attack (the paper's contribution); off: the 4th view is an intra-group attack of view
+    # 2 instead (same views and cost), which is the ablation arm ``cobra-no-opposite``
+    opposite_pair_attack: bool = True
     opposite_pair_loss: bool = False  # the explicit opposite-pair term (off in the authors' training loop)
     opposite_pair_weight: float = 1.0
 
@@ -117,8 +146,10 @@ class ContrastiveEncoder(nn.Module):
 class Contrastive(Detector):
     """Contrastive encoder on normal images + pseudo-anomalies (CSI-style), no adversarial training."""
 
-    version = "1"
+    version = "2"  # 2: the authors' scar, score over both groups and 10 draws, LARS on every parameter
     Config = ContrastiveConfig
+    below_chance_note = ("the authors' score over both groups: on the 32-px textures the scarred copies' terms rank "
+                         "defects as normal (methods/cobra/README.md); score_groups: identity scores without them")
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -138,25 +169,33 @@ class Contrastive(Detector):
 
     # -- score -------------------------------------------------------------------------------------
     def _group_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projection features (G×N×d) and identity-class logits per score group (G×N), averaged over
-        the image and its mirror. Score groups: all four rotations, or only the identity for scar (a random
-        scar would make the score random)."""
-        groups = 4 if self.pseudo_anomaly == "rotation" else 1
-        copies = [x, x.flip(3)] if self.config.score_flip else [x]
-        views = torch.cat([expand_groups(v, "rotation") if groups == 4 else v for v in copies])
-        z, logits = self.encoder(self.normalize(views))
-        n = len(x)
-        z = z.view(len(copies), groups, n, -1).mean(0)
-        logits = logits.view(len(copies), groups, n, -1).mean(0)
-        own = logits[torch.arange(groups), :, torch.arange(groups)]  # logit of each group's own class
+        """Projection features (G×N×d) and each group's own-class logit (G×N) for every group (the image
+        and its pseudo-anomalies), averaged over ``score_draws`` augmented draws, as the authors' score.
+        The draws come from a generator seeded afresh at every call (deterministic score) and each draw is
+        one set of parameters for the whole batch, so an image's score does not depend on its batch
+        (only the scar's destination, chosen by the image's content, differs per image)."""
+        c = self.config
+        generator = torch.Generator().manual_seed(c.score_seed)
+        draws = []
+        for _ in range(c.score_draws):  # a handful of draws, each a batched op
+            v = random_flip(x, generator, shared=True)
+            if c.score_groups == "all":
+                v = expand_groups(v, self.pseudo_anomaly, (c.scar_width, c.scar_length), generator, shared=True)
+            draws.append(simclr_augment(v, c.color_jitter, c.crop_min_scale, generator, shared=True))
+        z, logits = self.encoder(self.normalize(torch.cat(draws)))
+        g, n = (self.groups if c.score_groups == "all" else 1), len(x)
+        z = z.view(c.score_draws, g, n, -1).mean(0)
+        logits = logits.view(c.score_draws, g, n, -1).mean(0)
+        own = logits[torch.arange(g), :, torch.arange(g)]  # logit of each group's own class
         return z, own
 
     def score(self, x: torch.Tensor, smooth: bool = False) -> torch.Tensor:
         z, own = self._group_features(x)
+        g = len(z)  # the bank's first g groups (group 0 = identity) match the scored groups
         # max cosine similarity to the bank times the feature norm = max inner product with unit bank rows
-        sims = torch.einsum("gnd,gmd->gnm", z, self.bank)
+        sims = torch.einsum("gnd,gmd->gnm", z, self.bank[:g])
         sim = relative_smooth_max(sims.flatten(0, 1)).view(sims.shape[:2]) if smooth else sims.max(2).values
-        normality = sim * self.weight_sim[:, None] + own * self.weight_cls[:, None]
+        normality = sim * self.weight_sim[:g, None] + own * self.weight_cls[:g, None]
         return -normality.mean(0)
 
     def surrogates(self) -> dict:
@@ -183,10 +222,12 @@ class Contrastive(Detector):
         self._resize_classifier(num_groups(kind))
         self.prepare_training(train)
         optimizer = make_optimizer(self.encoder.parameters(), c.lr, c.weight_decay, kind=c.optimizer)
-        steps = steps_per_epoch(len(images), c.batch_size)
-        schedule = warmup_cosine_schedule(optimizer, c.epochs * steps, warmup=c.warmup_epochs * steps)
+        epoch_images = resample(images, c.samples_per_epoch)
+        steps = steps_per_epoch(len(epoch_images), c.batch_size)
+        schedule = warmup_cosine_schedule(optimizer, c.epochs * steps, warmup=c.warmup_epochs * steps,
+                                          multiplier=c.warmup_multiplier)
         trainer = MinibatchTrainer(self, c.epochs, c.batch_size, report=self.report)
-        trainer.run(Stream((images,), self.training_loss, optimizer, schedule))
+        trainer.run(Stream((epoch_images,), self.training_loss, optimizer, schedule))
         self._build_bank(images)
 
     def _resize_classifier(self, groups: int) -> None:
@@ -205,9 +246,10 @@ class Contrastive(Detector):
         """Two augmented views of the batch, each expanded with its pseudo-anomaly groups (group-major),
         and the transformation label of each row."""
         c = self.config
+        size = (c.scar_width, c.scar_length)
         v1, v2 = random_flip(x.repeat(2, 1, 1, 1)).chunk(2)
-        v1 = simclr_augment(expand_groups(v1, self.pseudo_anomaly, c.scar_size), c.color_jitter, c.crop_min_scale)
-        v2 = simclr_augment(expand_groups(v2, self.pseudo_anomaly, c.scar_size), c.color_jitter, c.crop_min_scale)
+        v1 = simclr_augment(expand_groups(v1, self.pseudo_anomaly, size), c.color_jitter, c.crop_min_scale)
+        v2 = simclr_augment(expand_groups(v2, self.pseudo_anomaly, size), c.color_jitter, c.crop_min_scale)
         labels = torch.arange(self.groups, device=x.device).repeat_interleave(len(x))
         return v1, v2, labels
 
@@ -283,10 +325,11 @@ class Cobra(ContrastiveAT):
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         v1, v2, labels = self.views(x)
-        opposite = self.opposite_pair_attack(v2)
+        # the 4th view: view 2 moved toward its opposite, or (ablation) away from its positive in view 1
+        fourth = self.opposite_pair_attack(v2) if c.opposite_pair_attack else self.intra_group_attack(v2, v1)
         adv_cls = self.classification_attack(v2, labels)
         intra = self.intra_group_attack(v1, v2)
-        z, logits = self.embed(torch.cat([v1, v2, intra, opposite]))
+        z, logits = self.embed(torch.cat([v1, v2, intra, fourth]))
         loss = losses.multi_positive_nt_xent(z, views=4, temperature=c.temperature).mean()
         if c.opposite_pair_loss:
             m = len(labels)
@@ -295,3 +338,17 @@ class Cobra(ContrastiveAT):
                 + losses.opposite_pair_term(z[m: 2 * m], self.groups, c.temperature))
         cls_logits = torch.cat([logits[: 2 * len(labels)], self.embed(adv_cls)[1]])
         return loss + F.cross_entropy(cls_logits, labels.repeat(3))
+
+
+@dataclass
+class CobraNoOppositeConfig(CobraConfig):
+    opposite_pair_attack: bool = False
+
+
+@register_method("cobra-no-opposite")
+class CobraNoOpposite(Cobra):
+    """Ablation of COBRA: everything as ``cobra`` (three attacks, four views, the classifier attack) except the
+    opposite-pair attack, whose view is an intra-group attack of view 2 instead. ``contrastive`` →
+    ``contrastive-at`` → ``cobra-no-opposite`` → ``cobra`` isolates the paper's contribution."""
+
+    Config = CobraNoOppositeConfig

@@ -22,7 +22,8 @@ from robust_ad_bench.core.detector import Detector, DetectorConfig, ProgressFn
 from robust_ad_bench.core.errors import unknown_choice
 
 OPTIMIZERS = ("adam", "lars")
-LARS_TRUST = 1e-3  # trust coefficient of the LARS wrapper in the COBRA authors' code
+LARS_TRUST = 1e-3  # trust coefficient of the LARS wrapper in the COBRA authors' code (torchlars)
+LARS_EPS = 1e-8  # the same wrapper's eps
 LARS_MOMENTUM = 0.9
 
 
@@ -38,9 +39,9 @@ class TrainConfig(DetectorConfig):
 
 
 class LARS(torch.optim.SGD):
-    """SGD with momentum where each weight matrix's gradient (with weight decay) is rescaled by
-    ``trust·‖w‖ / ‖g + wd·w‖`` (as in SimCLR/CSI/COBRA); biases and batch-norm parameters are left
-    unscaled."""
+    """SGD with momentum where every parameter's gradient plus weight decay is rescaled by
+    ``trust·‖w‖ / (‖g‖ + wd·‖w‖ + eps)`` (1 where ‖w‖ or ‖g‖ is zero), as the torchlars wrapper of the COBRA
+    authors' code: biases and batch-norm parameters are scaled too (SimCLR's LARS skips them)."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> None:
         super().__init__(params, lr=lr, momentum=LARS_MOMENTUM, weight_decay=0.0)
@@ -48,15 +49,15 @@ class LARS(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        wd = self.lars_weight_decay
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None or p.dim() < 2:
+                if p.grad is None:
                     continue
-                g = p.grad.add(p, alpha=self.lars_weight_decay)
-                w_norm, g_norm = p.norm(), g.norm()
-                trust = torch.where((w_norm > 0) & (g_norm > 0), LARS_TRUST * w_norm / g_norm,
-                                    torch.ones_like(w_norm))
-                p.grad.copy_(g * trust)
+                w_norm, g_norm = p.norm(), p.grad.norm()
+                trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                    LARS_TRUST * w_norm / (g_norm + wd * w_norm + LARS_EPS), torch.ones_like(w_norm))
+                p.grad.add_(p, alpha=wd).mul_(trust)
         return super().step(closure)
 
 
@@ -70,18 +71,32 @@ def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: floa
     raise unknown_choice("optimizer", kind, OPTIMIZERS)
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor at ``step`` (0-based) of ``total``: linear warm-up to 1 over the first
-    ``warmup`` steps (none when 0), then cosine decay to zero at ``total``."""
+def warmup_cosine(step: int, total: int, warmup: int, multiplier: float = 1.0) -> float:
+    """Learning-rate factor at ``step`` (0-based) of ``total``: a linear warm-up over the first ``warmup``
+    steps, then cosine decay to zero at ``total`` from the peak. ``multiplier`` = 1: the warm-up goes from
+    1/warmup to 1; > 1: from 1 to ``multiplier`` (the COBRA authors' GradualWarmupScheduler with multiplier
+    10). Without warm-up the peak is 1 whatever the multiplier."""
+    peak = multiplier if warmup > 0 else 1.0
     if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        return (step + 1) / warmup if multiplier == 1 else 1 + (multiplier - 1) * step / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total: int,
-                           warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int,
+                           multiplier: float = 1.0) -> torch.optim.lr_scheduler.LambdaLR:
     """``warmup_cosine`` as a scheduler stepped once per optimizer step (the loop does it)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, multiplier))
+
+
+def resample(images: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` rows of ``images`` for an epoch: the whole set repeated ``count // n`` times plus a random
+    subset (without replacement) of ``count % n`` rows, drawn once (the COBRA authors' fixed 10,000 MVTec
+    images per epoch); ``count`` = 0 returns ``images``."""
+    if count <= 0:
+        return images
+    n = len(images)
+    rows = torch.cat([torch.arange(n).repeat(count // n), torch.randperm(n)[: count % n]])
+    return images[rows.to(images.device)]
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:
