@@ -28,18 +28,7 @@ import torch
 from robust_ad_bench.benchmark.execution import ExecutionConfig, cpu_count
 from robust_ad_bench.benchmark.scheduler import Outcome, ProgressFactory, StepScheduler
 from robust_ad_bench.benchmark.steps import forget_models, release_free_memory, run_step
-from robust_ad_bench.benchmark.tasks import (  # noqa: F401  (re-exported: the events of an executor)
-    CertifiedDone,
-    ChecksDone,
-    Event,
-    JobDone,
-    ModelDone,
-    ModelTask,
-    Step,
-    StepFailed,
-    Trained,
-    WorstDone,
-)
+from robust_ad_bench.benchmark.tasks import Event, ModelTask, Step
 
 
 class Executor(Protocol):

@@ -23,22 +23,21 @@ from pathlib import Path
 
 from robust_ad_bench.benchmark.claims import Claims
 from robust_ad_bench.benchmark.config import GridConfig, expand_grid
-from robust_ad_bench.benchmark.executors import (
+from robust_ad_bench.benchmark.executors import Executor, make_executor
+from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
+from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
+from robust_ad_bench.benchmark.store import Store, is_locked
+from robust_ad_bench.benchmark.tasks import (
     CertifiedDone,
     ChecksDone,
     Event,
-    Executor,
     JobDone,
     ModelDone,
     ModelTask,
     StepFailed,
     Trained,
     WorstDone,
-    make_executor,
 )
-from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
-from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
-from robust_ad_bench.benchmark.store import Store, is_locked
 from robust_ad_bench.core.registry import METHODS
 
 
