@@ -92,11 +92,6 @@ def attack_job(job: Job, detector: Detector, split: Split, device: torch.device)
                       attack_detail=detail), x_adv
 
 
-def evaluate_job(job: Job, detector: Detector, split: Split, device: torch.device) -> JobResult:
-    """Attack the test set, score it, and compute the job's metrics."""
-    return attack_job(job, detector, split, device)[0]
-
-
 def _metrics(labels: np.ndarray, scores: np.ndarray, key: str) -> dict[str, float]:
     result = metrics.image_metrics(labels, scores)
     result["auroc_ci_low"], result["auroc_ci_high"] = metrics.bootstrap_ci(

@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from robust_ad_bench.benchmark.claims import Claims
 from robust_ad_bench.benchmark.config import GridConfig, expand_grid
 from robust_ad_bench.benchmark.executors import Executor, make_executor
-from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
+from robust_ad_bench.benchmark.jobs import Job, WorstCase, certificate_key, check_key, worst_case_groups
 from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
 from robust_ad_bench.benchmark.store import Store, is_locked
 from robust_ad_bench.benchmark.tasks import (
@@ -90,18 +92,13 @@ class Runner:
             checks = check_key(jobs, self.cfg.checks)
             certs = certificate_key(jobs, self.cfg.certify, METHODS.get(jobs[0].method).certifiable)
             worst = [w for w in worst_case_groups(jobs) if w.key not in auroc]
-            known_scores = {}
-            for key in {j.key for w in worst for j in w.jobs if j.key in auroc}:
-                stored = store.scores(key)
-                if stored is not None:
-                    known_scores[key] = stored[1]
             task = ModelTask(
                 jobs=jobs, pending=[job for job in jobs if job.key not in auroc],
                 known={job.key: auroc[job.key] for job in jobs if job.key in auroc},
                 check_key=checks if checks and not store.has_checks(checks) else None,
                 cert_key=certs if certs and not store.has_certified(certs) else None,
                 checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device),
-                worst=worst, scores=known_scores, adversarial=self.out / "adversarial")
+                worst=worst, scores=stored_scores(store, worst, auroc), adversarial=self.out / "adversarial")
             if task.pending or task.check_key or task.cert_key or task.worst:
                 tasks.append(task)
         # Stochastic detectors (attacked with EOT: the costliest steps by far) start first, so that on a
@@ -157,11 +154,7 @@ class Runner:
                 summary.left -= 1
                 self.hooks.job_done(job, True)
         worst = [w for w in task.worst if w.key not in stored]
-        scores = dict(task.scores)
-        for key in {j.key for w in worst for j in w.jobs if j.key in known and j.key not in scores}:
-            found = store.scores(key)
-            if found is not None:
-                scores[key] = found[1]
+        scores = stored_scores(store, worst, known, dict(task.scores))
         fresh = dataclasses.replace(
             task, pending=[job for job in task.jobs if job.key not in known], known=known, worst=worst,
             scores=scores,
@@ -226,3 +219,14 @@ class Runner:
             log.write(f"== {job.method} {job.dataset}/{job.normal_class} seed {job.seed} "
                       f"{job.attack} eps {job.eps:g} ({job.key})\n")
             log.write(trace)
+
+
+def stored_scores(store: Store, worst: list[WorstCase], known: dict[str, float],
+                  scores: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """``scores`` plus the stored test scores of the finished (``known``) jobs that ``worst`` combines."""
+    scores = scores if scores is not None else {}
+    for key in {j.key for w in worst for j in w.jobs if j.key in known and j.key not in scores}:
+        found = store.scores(key)
+        if found is not None:
+            scores[key] = found[1]
+    return scores
