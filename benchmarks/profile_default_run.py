@@ -24,7 +24,7 @@ from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.benchmark.scheduler import StepScheduler
 from robust_ad_bench.core.registry import ATTACKS
 
-PHASES = ("training", "attack jobs", "checks", "certification")
+PHASES = ("training", "attack jobs", "worst cases", "checks", "certification")
 totals: dict[tuple[str, str], float] = defaultdict(float)  # (method, phase) -> seconds
 calls: dict[tuple[str, str], float] = defaultdict(float)  # (method, attack run) -> seconds
 peaks: list[tuple[float, str]] = []  # (peak RSS GiB after the step, step)
@@ -35,7 +35,8 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-PHASE = {"train": "training", "job": "attack jobs", "checks": "checks", "certify": "certification"}
+PHASE = {"train": "training", "job": "attack jobs", "worst": "worst cases", "checks": "checks",
+         "certify": "certification"}
 
 
 def timed_finished(original):
@@ -69,10 +70,10 @@ def check_kind(attack: str, eps: float) -> str:
 
 
 def timed_attacked_scores(original):
-    def wrapper(detector, split, attack, params, eps, device):
+    def wrapper(detector, split, attack, params, eps, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return original(detector, split, attack, params, eps, device)
+            return original(detector, split, attack, params, eps, *args, **kwargs)
         finally:
             if current["phase"] == "checks":  # inside model_checks (jobs call it too: counted as jobs)
                 calls[(current["method"], check_kind(attack, eps))] += time.perf_counter() - start

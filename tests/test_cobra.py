@@ -21,9 +21,13 @@ from robust_ad_bench.methods.common.training import LARS, resample, warmup_cosin
 TINY = {"epochs": 1, "width": 8, "train_steps": 2}
 
 
+def small_textures(n_train: int):
+    return DATASETS.get("textures").create({"n_train": n_train, "n_test_normal": 4, "n_test_anomalous": 4})
+
+
 @pytest.fixture(scope="module")
 def textures_train():
-    return DATASETS.get("textures")(n_train=32, n_test_normal=4, n_test_anomalous=4).split("brick", 0).train
+    return small_textures(32).split("brick", 0).train
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +70,14 @@ def test_rotation_groups_of_non_square_images_keep_their_shape(digits_train):
 
 
 def test_auto_pseudo_anomaly_on_non_square_images(digits_train):
-    grass = DATASETS.get("textures")(n_train=64, n_test_normal=4, n_test_anomalous=4).split("grass", 0).train
+    grass = small_textures(64).split("grass", 0).train
     wide_digits = F.interpolate(digits_train, size=(8, 12), mode="bilinear", align_corners=False)
     assert choose_pseudo_anomaly("auto", wide_digits, 2.0) == "rotation"
     assert choose_pseudo_anomaly("auto", grass[..., :24], 2.0) == "scar"
 
 
 def test_auto_pseudo_anomaly_picks_rotation_for_digits_and_scar_for_textures(digits_train):
-    grass = DATASETS.get("textures")(n_train=64, n_test_normal=4, n_test_anomalous=4).split("grass", 0).train
+    grass = small_textures(64).split("grass", 0).train
     assert choose_pseudo_anomaly("auto", digits_train, 2.0) == "rotation"
     assert choose_pseudo_anomaly("auto", grass, 2.0) == "scar"
     assert choose_pseudo_anomaly("scar", digits_train, 2.0) == "scar"

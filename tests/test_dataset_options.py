@@ -85,3 +85,19 @@ def test_known_defects_from_defect_folders_and_defects_report(tmp_path, capsys):
     split = make_split(spec)
     assert split.known_defects == ["crack"] and len(split.anomalies) == 2
     assert sorted(d for d in split.test_defects if d) == ["crack"] + ["scratch"] * 3
+
+
+def test_embedded_test_set_sizes_through_the_grid(tmp_path):
+    """``dataset_params`` shrink the embedded test sets; the sizes enter the key only when set."""
+    options = dict(methods="knn", datasets="digits,textures", attacks="clean", classes={"digits": ["0"],
+                   "textures": ["brick"]}, out=str(tmp_path / "res"), device="cpu")
+    plain = {j.dataset: j for j in expand_grid(make_grid_config(**options))}
+    small = {j.dataset: j for j in expand_grid(make_grid_config(**options, dataset_params={
+        "digits": {"anomalies_per_digit": 6}, "textures": {"n_test_normal": 30, "n_test_anomalous": 30}}))}
+    assert "dataset_params" not in plain["digits"].config
+    assert small["digits"].config["dataset_params"] == {"anomalies_per_digit": 6}
+    assert small["textures"].key != plain["textures"].key
+    assert len(make_split(small["digits"].model.split).test) == 59 + 9 * 6  # digit 0: 178 images, a third tested
+    assert len(make_split(small["textures"].model.split).test) == 60
+    with pytest.raises(BenchError, match="anomalies_per_digit"):
+        expand_grid(make_grid_config(**options, dataset_params={"digits": {"anomalies_per_digit": 0}}))

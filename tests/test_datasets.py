@@ -77,6 +77,33 @@ def test_digits_one_vs_rest() -> None:
     assert counts == {f"digit-{k}": 30 for k in range(10) if k != 3}
 
 
+def test_digits_test_set_options() -> None:
+    full = make("digits").split("3", seed=0)
+    small = DATASETS.get("digits").create({"anomalies_per_digit": 6, "test_normals": 40}).split("3", seed=0)
+    assert Counter(d for d in small.test_defects if d) == {f"digit-{k}": 6 for k in range(10) if k != 3}
+    assert int((small.test_labels == 0).sum()) == 40
+    assert torch.equal(small.train, full.train)  # the options shrink the test set only
+    assert torch.equal(small.test[:40], full.test[:40])  # a prefix of the same held-out normals
+
+
+@pytest.mark.parametrize("params, bad", [({"anomalies_per_digit": 0}, "anomalies_per_digit"),
+                                         ({"anomalies_per_digit": 175}, "1..174"),
+                                         ({"test_normals": -1}, "test_normals")])
+def test_digits_bad_options(params: dict, bad: str) -> None:
+    with pytest.raises(BenchError, match=bad):
+        DATASETS.get("digits").create(params)
+
+
+@pytest.mark.parametrize("name, params", [("digits", {"anomalies_per_digit": 6}),
+                                          ("textures", {"n_test_normal": 30})])
+def test_size_options_are_part_of_the_key_only_when_set(name: str, params: dict) -> None:
+    cls = DATASETS.get(name)
+    assert cls.create().key_params() == {}  # the default sizes keep every stored key what it was
+    assert cls.create(params).key_params() == params
+    with pytest.raises(BenchError, match="n_train"):
+        DATASETS.get("textures").create({"n_train": 0})
+
+
 @pytest.mark.parametrize("cls", ["brick", "grass", "gravel"])
 def test_textures_split(cls: str) -> None:
     s = make("textures").split(cls, seed=0)
@@ -92,7 +119,7 @@ def test_textures_split(cls: str) -> None:
 
 
 def test_textures_odd_sizes() -> None:
-    s = tex.Textures(n_train=10, n_test_normal=5, n_test_anomalous=7).split("grass", seed=1)
+    s = tex.Textures.create({"n_train": 10, "n_test_normal": 5, "n_test_anomalous": 7}).split("grass", seed=1)
     assert len(s.train) == 10 and len(s.test) == 12
     kinds = Counter(d for d in s.test_defects if d)
     assert set(kinds) == {"scratch", "blob", "patch"} and sum(kinds.values()) == 7

@@ -47,7 +47,7 @@ class ModelCache:
         if state is not None:
             try:
                 detector.restore({k: v.to(self.device) for k, v in state.items()})
-                return detector, False
+                return fast_layout(detector), False
             except Exception:  # from an older architecture: train again
                 if path is not None:
                     path.unlink(missing_ok=True)
@@ -67,7 +67,7 @@ class ModelCache:
         detector.eval()
         if path is not None:
             self.save(detector.state_dict(), path)
-        return detector, True
+        return fast_layout(detector), True
 
     @staticmethod
     def load(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -79,3 +79,14 @@ class ModelCache:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written model
+
+
+def fast_layout(detector: Detector) -> Detector:
+    """The trained detector with its 4-D (convolution) weights in channels-last layout, for scoring and
+    attacks only (training keeps the default layout, so trained weights are what they were). oneDNN's
+    convolutions are faster on CPU in this layout at the small channel counts of these models; measured
+    on one thread on trained default-grid textures models, Square with 100 queries: cobra 25.7 s -> 12.3 s,
+    ae 2.2 -> 1.9 s; PGD-10: cobra 10.4 -> 7.7 s, advrad 49.3 -> 43.7 s. Values do not change, but the
+    convolutions may sum in another order: the SmallUNet and the pinned models score bit for bit as before,
+    a ResNet encoder's scores can move in the 7th significant digit (float rounding)."""
+    return detector.to(memory_format=torch.channels_last)

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from robust_ad_bench.core.dataset import Dataset, Split, seeded_generator
+from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_dataset
 
 TRAIN_FRACTION = 2 / 3
-ANOMALIES_PER_DIGIT = 30
+FEWEST_IMAGES_OF_A_DIGIT = 174  # digit 8, the rarest in scikit-learn's set
+
+
+@dataclass
+class DigitsOptions:
+    """The test set's size (YAML ``dataset_params: {digits: {...}}``); part of the job key."""
+
+    anomalies_per_digit: int = 30  # test anomalies drawn from each of the nine other digits
+    test_normals: int = 0  # held-out normals kept in the test set; 0: all (a third of the digit's images)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.anomalies_per_digit <= FEWEST_IMAGES_OF_A_DIGIT:
+            raise BenchError(f"digits option anomalies_per_digit must be in 1..{FEWEST_IMAGES_OF_A_DIGIT}, "
+                             f"got {self.anomalies_per_digit}")
+        if self.test_normals < 0:
+            raise BenchError(f"digits option test_normals must be >= 0 (0: all), got {self.test_normals}")
 
 
 @lru_cache(maxsize=1)
@@ -34,6 +51,10 @@ class Digits(Dataset):
     # 8x8 digits have 17 gray levels (one level = 16/255): budgets below that barely move any score, so
     # the defaults go up to two gray levels
     default_eps = {"linf": (8 / 255, 32 / 255), "l2": (0.25, 0.5)}
+    Options = DigitsOptions
+
+    def __init__(self, options: DigitsOptions | None = None) -> None:
+        self.options = options or DigitsOptions()
 
     def classes(self) -> list[str]:
         return [str(d) for d in range(10)]
@@ -48,15 +69,18 @@ class Digits(Dataset):
         normal_idx = normal_idx[torch.randperm(len(normal_idx), generator=g)]
         n_train = round(len(normal_idx) * TRAIN_FRACTION)
         train_idx, test_normal_idx = normal_idx[:n_train], normal_idx[n_train:]
+        if self.options.test_normals:
+            test_normal_idx = test_normal_idx[:self.options.test_normals]
 
         # the same number of each other digit, so no single digit dominates the anomaly score
+        per_digit = self.options.anomalies_per_digit
         anomaly_idx, defects = [], []
         for other in range(10):
             if other == digit:
                 continue
             idx = torch.nonzero(targets == other).flatten()
-            anomaly_idx.append(idx[torch.randperm(len(idx), generator=g)[:ANOMALIES_PER_DIGIT]])
-            defects += [f"digit-{other}"] * ANOMALIES_PER_DIGIT
+            anomaly_idx.append(idx[torch.randperm(len(idx), generator=g)[:per_digit]])
+            defects += [f"digit-{other}"] * per_digit
         anomaly_idx_t = torch.cat(anomaly_idx)
 
         n_normal, n_anomalous = len(test_normal_idx), len(anomaly_idx_t)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from robust_ad_bench.core.dataset import Dataset, Split, seeded_generator
+from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_dataset
 
 CATEGORIES = ("brick", "grass", "gravel")
@@ -118,6 +120,20 @@ def _foreign_patch(patches: torch.Tensor, category: int, g: torch.Generator,
     return torch.where(mask, pasted, patches), mask
 
 
+@dataclass
+class TexturesOptions:
+    """How many patches a split holds (YAML ``dataset_params: {textures: {...}}``); part of the job key."""
+
+    n_train: int = 240
+    n_test_normal: int = 60
+    n_test_anomalous: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_test_normal", "n_test_anomalous"):
+            if getattr(self, name) < 1:
+                raise BenchError(f"textures option {name} must be >= 1, got {getattr(self, name)}")
+
+
 @register_dataset("textures")
 class Textures(Dataset):
     """Gray texture patches (scikit-image brick/grass/gravel) with synthetic defects and pixel masks."""
@@ -126,11 +142,13 @@ class Textures(Dataset):
     image_shape = (1, PATCH, PATCH)
     default_eps = {"linf": (2 / 255, 4 / 255), "l2": (0.25, 0.5)}
     defect_kinds = DEFECT_KINDS
+    Options = TexturesOptions
 
-    def __init__(self, n_train: int = 240, n_test_normal: int = 60, n_test_anomalous: int = 60) -> None:
-        self.n_train = n_train
-        self.n_test_normal = n_test_normal
-        self.n_test_anomalous = n_test_anomalous
+    def __init__(self, options: TexturesOptions | None = None) -> None:
+        self.options = options or TexturesOptions()
+        self.n_train = self.options.n_train
+        self.n_test_normal = self.options.n_test_normal
+        self.n_test_anomalous = self.options.n_test_anomalous
 
     def classes(self) -> list[str]:
         return list(CATEGORIES)
