@@ -89,7 +89,7 @@ def test_options_key_and_root(tmp_path, monkeypatch):
         with pytest.raises(BenchError, match=text):
             DATASETS.get("mvtec").create(bad)
     with pytest.raises(BenchError, match="takes no options"):
-        DATASETS.get("digits").create({"resize": 32})
+        DATASETS.get("breast-cancer").create({"resize": 32})
 
 
 def test_visa_raw_download_is_explained(tmp_path):

@@ -51,12 +51,17 @@ def test_dry_run_without_data(tmp_path, capsys, name):
     assert "grid:" in capsys.readouterr().out
 
 
+def has_option(dataset: str, name: str) -> bool:
+    options = DATASETS.get(dataset).Options
+    return options is not None and name in {f.name for f in dataclasses.fields(options)}
+
+
 def tiny(name: str, data_root: Path, out: Path):
     cfg = make_grid_config(name, out=str(out), device="cpu", seeds="0", data_root=str(data_root))
     datasets = DATASETS.resolve(cfg.datasets)
     cfg.classes = {d: [DATASETS.get(d).create().classes()[0]] for d in datasets}
     cfg.dataset_params = {d: {**(cfg.dataset_params.get(d) or {}), "resize": 32}
-                          for d in datasets if DATASETS.get(d).Options is not None}
+                          for d in datasets if has_option(d, "resize")}
     cfg.method_params = {m: {**(cfg.method_params.get(m) or {}), **TINY.get(m, {})}
                          for m in {*cfg.method_params, *TINY}}
     for attack in cfg.attacks:  # 2 steps for every iterative attack, 2 EOT draws where the config asks for more
