@@ -47,12 +47,13 @@ class ModelCache:
         if state is not None:
             try:
                 detector.restore({k: v.to(self.device) for k, v in state.items()})
-                return fast_layout(detector), False
             except Exception:  # from an older architecture: train again
                 if path is not None:
                     path.unlink(missing_ok=True)
                 seed_everything(train_key)
                 detector = method(tuple(split.train.shape[1:]), model.params).to(self.device)
+            else:
+                return fast_layout(detector), False
         dataset = DATASETS.get(model.split.dataset)
         train = TrainSet(split.train.to(self.device), default_eps=dict(dataset.default_eps))
         if method.needs_anomalies and split.anomalies is not None:

@@ -36,6 +36,7 @@ from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.params import build_config
 
 NORMS = ("linf", "l2", "none")
+TARGETS = ("both", "normal", "anomaly")  # which test images the attacker perturbs
 REFERENCE_PIXELS = 32 * 32  # batch sizes count images of this size (the embedded data's largest)
 
 
@@ -45,7 +46,6 @@ def images_per_call(batch_size: int, image_shape: Sequence[int]) -> int:
     of 256 is 5 images; a stochastic UNet detector at 256 images per call took about 10 GB there)."""
     pixels = int(image_shape[-2]) * int(image_shape[-1])
     return max(1, batch_size * REFERENCE_PIXELS // max(pixels, REFERENCE_PIXELS))
-TARGETS = ("both", "normal", "anomaly")  # which test images the attacker perturbs
 
 
 @dataclass

@@ -146,9 +146,6 @@ class Textures(Dataset):
 
     def __init__(self, options: TexturesOptions | None = None) -> None:
         self.options = options or TexturesOptions()
-        self.n_train = self.options.n_train
-        self.n_test_normal = self.options.n_test_normal
-        self.n_test_anomalous = self.options.n_test_anomalous
 
     def classes(self) -> list[str]:
         return list(CATEGORIES)
@@ -160,10 +157,11 @@ class Textures(Dataset):
         _, height, width = textures.shape
         top = round(height * TRAIN_ROWS)
         g = seeded_generator("textures", seed, normal_class)
-        which = torch.full((self.n_train,), category)
-        train = _crop(textures, which, *_positions(self.n_train, 0, top, width, g), PATCH)
+        n_train = self.options.n_train
+        which = torch.full((n_train,), category)
+        train = _crop(textures, which, *_positions(n_train, 0, top, width, g), PATCH)
 
-        n_norm, n_anom = self.n_test_normal, self.n_test_anomalous
+        n_norm, n_anom = self.options.n_test_normal, self.options.n_test_anomalous
         which = torch.full((n_norm + n_anom,), category)
         test = _crop(textures, which, *_positions(n_norm + n_anom, top, height, width, g), PATCH)
         masks = torch.zeros(n_norm + n_anom, PATCH, PATCH, dtype=torch.bool)
