@@ -146,7 +146,7 @@ class ContrastiveEncoder(nn.Module):
 class Contrastive(Detector):
     """Contrastive encoder on normal images + pseudo-anomalies (CSI-style), no adversarial training."""
 
-    version = "2"  # 2: the authors' scar, score over both groups and 10 draws, LARS on every parameter
+    version = "3"  # 3: no bias before batch norm in the small CNN (digits); 2: the authors' scar, both groups, LARS
     Config = ContrastiveConfig
     below_chance_note = ("the authors' score over both groups: on the 32-px textures the scarred copies' terms rank "
                          "defects as normal (methods/cobra/README.md); score_groups: identity scores without them")
