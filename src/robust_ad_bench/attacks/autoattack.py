@@ -78,7 +78,9 @@ class AutoAttack(Attack):
 
     Config = AutoAttackConfig
     norm = "linf"
-    version = "4"  # 4: APGD checkpoints follow iters; surrogate objectives; eps 0 runs the attack
+    # 5: the clean image is a candidate, judged under fixed draws (4: APGD checkpoints follow iters; surrogate
+    # objectives; eps 0 runs the attack)
+    version = "5"
     iteration_params = ("iters", "square_queries")
 
     def __init__(self, config: Any = None) -> None:

@@ -64,7 +64,7 @@ def pgd(
     more steps or restarts never make the attack weaker. ``step_size`` defaults to 2.5·eps/steps.
     """
     x = x.detach()
-    if eps == 0 or steps == 0:
+    if steps == 0:  # at eps 0 the steps run (and stay at x): the sanity checks test this code, not a short cut
         return x.clone()
     alpha = step_size if step_size is not None else 2.5 * eps / steps
     best_x, best_val = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
@@ -99,6 +99,7 @@ class Clean(Attack):
     """No attack: the clean test set."""
 
     norm = "none"
+    version = "3"  # unchanged: returns the clean images
 
     def perturb_batch(self, detector, x, y, eps):  # pragma: no cover - base class short-cuts
         return x.clone()
@@ -114,7 +115,8 @@ class PGDConfig(WhiteBoxConfig):
 
 class _GradientAttack(Attack):
     Config = WhiteBoxConfig
-    version = "4"  # 4: surrogate objectives, per-image best on the true score; eps 0 runs the attack
+    # 5: the clean image is a candidate, candidates judged under fixed draws, eps 0 runs the steps
+    version = "5"
 
     def _run(self, detector, x, y, eps, *, steps, step_size, restarts, rand_init) -> torch.Tensor:
         score = self.score_fn(detector)  # EOT / BPDA from the detector's flags
