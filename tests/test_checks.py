@@ -58,7 +58,8 @@ def robust(detector, x, y, attack, eps, params=None):
 def test_eps0_runs_the_attacks_own_code(tmp_path):
     summary, results, checks = run_grid(tmp_path, methods="knn", attacks="clean,pgd,eps0-leak,eps0-raise")
     assert not summary.failed
-    assert not outcome(checks, "knn", "eps0-leak", "eps0")["passed"]  # perturb_batch leaks at eps 0
+    leak = outcome(checks, "knn", "eps0-leak", "error:eps0")  # perturb_batch leaks at eps 0: the guard stops it
+    assert not leak["passed"] and "left the linf eps-ball" in leak["detail"]
     raised = outcome(checks, "knn", "eps0-raise", "error:eps0")
     assert not raised["passed"] and "deliberate failure at eps 0" in raised["detail"]
     assert outcome(checks, "knn", "pgd", "eps0")["passed"]
