@@ -50,6 +50,7 @@ class ModelEvaluation:
         self.stochastic = bool(detector.stochastic)
         self.found: list[Candidate] = []  # the checks' candidates at an eps of the grid
         self.loaded: dict[str, torch.Tensor] = {}
+        self.regenerated = 0  # jobs whose kept images were missing (attacked again)
         self.grid_eps = {(j.norm, eps_key(j.eps)) for j in jobs if j.norm != "none" and j.eps > 0}
 
     # -- attack runs --------------------------------------------------------------------------------
@@ -78,8 +79,10 @@ class ModelEvaluation:
         """A stochastic detector's adversarial images of ``job``: from disk, or attacked again from its seed."""
         if job.key not in self.loaded:
             x_adv = self.images.load(job.key, self.x)
-            self.loaded[job.key] = x_adv if x_adv is not None else evaluation.attack_job(
-                job, self.detector, self.split, self.device)[1]
+            if x_adv is None:  # not kept: attacked again from the job's own seed
+                x_adv = evaluation.attack_job(job, self.detector, self.split, self.device)[1]
+                self.regenerated += 1
+            self.loaded[job.key] = x_adv
         return self.loaded[job.key]
 
     def candidate_images(self, c: Candidate) -> torch.Tensor:
@@ -149,11 +152,13 @@ class ModelEvaluation:
         self.keep(Candidate(SAMPLE_SQUARE, norm, eps, partial), images)
         detail = f"{len(sample)} images: {test.detail()}"
         if test.flagged:
+            figures = []
             for other in sorted({e for (n, e) in self.grid_eps if n == norm}):
                 x_adv, scores = self.attack(square, params, other)
                 self.keep(Candidate(FULL_SQUARE, norm, other, scores), x_adv)
-            detail += (f"; gradient masking: Square run on all {len(self.labels)} test images and folded into the "
-                       "worst case")
+                figures.append(f"AUROC {metrics.auroc(self.labels, scores):.4f} at eps {other:g}")
+            detail += (f"; gradient masking: Square run on all {len(self.labels)} test images ({', '.join(figures)}) "
+                       "and folded into the worst case")
         return [CheckResult(name, "black-box", not test.flagged, test.combined, test.white, detail) for name in names]
 
     # -- the worst case -----------------------------------------------------------------------------
@@ -169,6 +174,8 @@ class ModelEvaluation:
             chosen = self.chosen_images(candidates, pick)
             worst = evaluation.score_images(self.detector, chosen, self.draws, evaluation.score_seed(group.key))
             detail += f",chosen under common draws, scored with {self.draws} fresh draw{'s' * (self.draws > 1)}"
+            if self.regenerated:
+                detail += f",{self.regenerated} attack(s) run again from their seed"
         else:
             worst = np.asarray(rows)[pick, np.arange(len(self.labels))]
         mixed = metrics.auroc(self.labels, worst)
