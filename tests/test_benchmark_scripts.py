@@ -1,7 +1,6 @@
-"""The profiling and masking-power scripts under ``benchmarks/`` still run against the current engine (they wrap or
-reuse internals, so a
-changed signature would break it silently): run on a tiny grid, every job computed, every phase printed.
-Times are printed, never asserted."""
+"""The profiling and masking-power scripts under ``benchmarks/`` still run against the current engine (they wrap
+or reuse internals, so a changed signature would break them silently): run on tiny inputs, every phase or row
+printed. Times and shares are printed, never asserted."""
 
 from __future__ import annotations
 
