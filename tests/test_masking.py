@@ -114,3 +114,13 @@ def test_worst_case_is_never_above_any_figure_the_checks_included(tmp_path):
         labels, scores = store.scores(rows["key"].iloc[-1])
     assert auroc(labels, scores) < 0.7  # at 32/255 Square's images broke the masked detector in the worst case
     assert "square-check" in rows["attack_detail"].iloc[-1]
+
+
+def test_attacks_with_a_square_part_are_not_white_box():
+    from robust_ad_bench.core.registry import ATTACKS
+
+    assert ATTACKS.get("pgd").is_white_box({}) and not ATTACKS.get("square").is_white_box({})
+    assert not ATTACKS.get("ensemble").is_white_box({"parts": ["pgd", "apgd-ce", "square"]})
+    assert ATTACKS.get("ensemble").is_white_box({"parts": ["pgd", "apgd-ce"]})
+    assert not ATTACKS.get("autoattack").is_white_box({"components": ["apgd-ce", "square"]})
+    assert ATTACKS.get("autoattack").is_white_box({"components": ["apgd-ce"]})

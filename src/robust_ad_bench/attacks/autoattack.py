@@ -83,6 +83,10 @@ class AutoAttack(Attack):
     version = "5"
     iteration_params = ("iters", "square_queries")
 
+    @classmethod
+    def is_white_box(cls, params: dict[str, Any]) -> bool:
+        return "square" not in params.get("components", TWO_CLASS_COMPONENTS)
+
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.thresholds: dict[str, float] = {}

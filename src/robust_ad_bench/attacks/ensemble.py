@@ -64,6 +64,10 @@ class Ensemble(Attack):
     iteration_params = ("pgd_steps", "apgd_iters", "square_queries")
     part_classes: ClassVar[dict[str, type[Attack]]] = {"pgd": PGD, "apgd-ce": AutoAttack, "square": Square}
 
+    @classmethod
+    def is_white_box(cls, params: dict[str, Any]) -> bool:
+        return "square" not in params.get("parts", PARTS)
+
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         c = self.config

@@ -156,7 +156,7 @@ def run_checks(attacks: dict[str, dict], grid: dict[tuple[str, float], np.ndarra
             rec.run([name], "large-eps", _large_eps, name, params, eps_max, big, cfg, labels, evaluate)
             rec.run([name], "more-steps", _more_steps, name, params, eps_max, grid[(name, eps_max)], cfg, noise,
                     evaluate)
-        if not getattr(attack, "black_box", False) and eps_max > 0:
+        if attack.is_white_box(params) and eps_max > 0:  # anything with a Square part is not white-box here
             white_box.setdefault((attack.norm, params.get("target", "both")), []).append(name)
     for (norm, target), names in white_box.items():
         eps_max = max(e for (a, e) in grid if a in names)

@@ -139,6 +139,12 @@ class Attack:
         return bool(cls.iteration_params)
 
     @classmethod
+    def is_white_box(cls, params: dict[str, Any]) -> bool:
+        """Whether the attack with ``params`` uses gradients only: the masking check compares Square with
+        these (an attack with a black-box part, such as the ensemble's Square, would hide the masking)."""
+        return not cls.black_box
+
+    @classmethod
     def scaled_params(cls, params: dict[str, Any], steps_factor: int = 1, eps_factor: float = 1.0) -> dict[str, Any]:
         """``params`` with every iteration count times ``steps_factor`` and every explicit step size times
         ``eps_factor`` (for a run at ``eps_factor`` times the eps)."""
