@@ -3,7 +3,8 @@
 Runs the default grid (`robust-ad-bench run --methods all`) in a fresh results folder and times every step
 of every trained model (from its start to its event, as the driver sees it). With the serial executor (the
 default) the checks are broken down further by the attack runs they make (clean, eps 0, large eps, more
-steps, black-box). Prints tables; asserts nothing.
+steps, Square on the masking sample, Square on every image when the masking test flagged; a checked model's
+worst cases are computed in its checks step). Prints tables; asserts nothing.
 Usage: python benchmarks/profile_default_run.py [--executor serial|local|ray] [--workers N] [--threads N]
        [--out FOLDER] [--config FILE] [--methods ...]
 """
@@ -58,12 +59,13 @@ def timed_run_step(original):
     return wrapper
 
 
-def check_kind(attack: str, eps: float) -> str:
-    """Which check an attack run of ``model_checks`` serves (see ``checks.run_checks``)."""
+def check_kind(attack: str, eps: float, sample: bool = False) -> str:
+    """Which check an attack run of ``model_checks`` serves (see ``checks.run_checks``); ``sample``: the run
+    attacked a subset of the test images (the masking test's sample)."""
     if attack == "clean":
         return "clean"
     if getattr(ATTACKS.get(attack), "black_box", False):
-        return "black-box"
+        return "masking sample" if sample else "masking all"
     if eps == 0:
         return "eps 0"
     return "large eps" if eps >= CheckConfig.large_eps_linf else "more steps"
@@ -76,7 +78,8 @@ def timed_attacked_scores(original):
             return original(detector, split, attack, params, eps, *args, **kwargs)
         finally:
             if current["phase"] == "checks":  # inside model_checks (jobs call it too: counted as jobs)
-                calls[(current["method"], check_kind(attack, eps))] += time.perf_counter() - start
+                sample = (args[4] if len(args) > 4 else kwargs.get("subset")) is not None
+                calls[(current["method"], check_kind(attack, eps, sample))] += time.perf_counter() - start
     return wrapper
 
 
@@ -122,7 +125,7 @@ def main() -> None:
     checks: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for (method, kind), seconds in calls.items():
         checks[method][kind] += seconds
-    kinds = ("clean", "eps 0", "large eps", "more steps", "black-box")
+    kinds = ("clean", "eps 0", "large eps", "more steps", "masking sample", "masking all")
     if args.executor == "serial":
         table(checks, kinds, "seconds of the checks' attack runs, by kind")
     print("\nsteps that raised the peak RSS of this process the most (serial: every step runs here):")

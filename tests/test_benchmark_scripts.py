@@ -1,6 +1,6 @@
-"""The profiling script under ``benchmarks/`` still runs against the current engine (it wraps internals, so a
-changed signature would break it silently): run on a tiny grid, every job computed, every phase printed.
-Times are printed, never asserted."""
+"""The profiling and masking-power scripts under ``benchmarks/`` still run against the current engine (they wrap
+or reuse internals, so a changed signature would break them silently): run on tiny inputs, every phase or row
+printed. Times and shares are printed, never asserted."""
 
 from __future__ import annotations
 
@@ -29,5 +29,16 @@ def test_profile_script_runs_on_a_tiny_grid(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 jobs (3 computed, 0 failed), 1 models trained, 1 checked" in proc.stdout
-    for heading in ("training", "attack jobs", "worst cases", "checks", "black-box"):
+    for heading in ("training", "attack jobs", "worst cases", "checks", "masking sample"):
         assert heading in proc.stdout
+
+
+def test_masking_power_script_runs_on_tiny_inputs():
+    """Old and new masking checks on one tiny double per row: every row printed (shares are not asserted)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "masking_check_power.py"), "--seeds", "1",
+                           "--shares", "0,0.5", "--noise", "0,0.5", "--n", "16", "--queries", "20"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 0")]
+    assert len(rows) == 4 and "unmasked (false alarms)" in rows[0] and "| 50 % |" in rows[1]

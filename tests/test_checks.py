@@ -58,7 +58,8 @@ def robust(detector, x, y, attack, eps, params=None):
 def test_eps0_runs_the_attacks_own_code(tmp_path):
     summary, results, checks = run_grid(tmp_path, methods="knn", attacks="clean,pgd,eps0-leak,eps0-raise")
     assert not summary.failed
-    assert not outcome(checks, "knn", "eps0-leak", "eps0")["passed"]  # perturb_batch leaks at eps 0
+    leak = outcome(checks, "knn", "eps0-leak", "error:eps0")  # perturb_batch leaks at eps 0: the guard stops it
+    assert not leak["passed"] and "left the linf eps-ball" in leak["detail"]
     raised = outcome(checks, "knn", "eps0-raise", "error:eps0")
     assert not raised["passed"] and "deliberate failure at eps 0" in raised["detail"]
     assert outcome(checks, "knn", "pgd", "eps0")["passed"]
@@ -128,9 +129,8 @@ def test_default_black_box_budget_catches_a_half_masked_detector():
     detector.fit(TrainSet(split.train))
     x, y, eps = split.test, split.test_labels, 32 / 255
     white = robust(detector, x, y, "pgd", eps)
-    tol = CheckConfig().tolerance
     assert robust(detector, x, y, "square", eps, {"queries": CheckConfig().square_queries}) < white - 0.1
-    assert robust(detector, x, y, "square", eps, {"queries": 100}) > white - tol  # the old default missed it
+    assert robust(detector, x, y, "square", eps, {"queries": 100}) > white - 0.02  # the old default missed it
 
 
 def local_toy():
@@ -186,7 +186,7 @@ def test_a_check_that_raises_is_stored_flagged_and_run_again(tmp_path):
     assert not row["passed"] and "deliberate failure at a large eps" in row["detail"]
     assert outcome(checks, "knn", "large-eps-raise", "more-steps")["passed"]  # the other checks still ran
     cell = leaderboard.wide(results, checks=checks).loc["knn", "digits large-eps-raise 32/255"]
-    assert cell.endswith("!!")
+    assert "!!" in cell
     assert any(line.startswith("!!") for line in leaderboard.flag_legend(leaderboard.wide(results, checks=checks)))
     again = Runner(tiny_grid(tmp_path, methods="knn", attacks="clean,pgd,large-eps-raise", classes="3",
                              eps="32/255")).run()

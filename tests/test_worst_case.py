@@ -69,8 +69,10 @@ def test_worst_case_rows_are_stored_from_the_jobs_scores(tmp_path):
         stored = store.scores(worst["key"])[1]
     assert worst["attack"] == "worst-linf" and worst["norm"] == "linf"
     expected, _ = worst_scores(labels, stack)
-    np.testing.assert_array_equal(stored, expected.astype(np.float32))
-    assert worst["auroc"] == pytest.approx(auroc(labels, expected))
+    sign = 1.0 - 2.0 * labels
+    # per image at least as bad as every job's (the checks' images are candidates too)
+    assert (stored * sign >= expected.astype(np.float32) * sign).all()
+    assert worst["auroc"] <= auroc(labels, expected) + 1e-12
     assert worst["auroc"] <= attacked["auroc"].min() + 1e-12
     assert "won=" in worst["attack_detail"] and set(json.loads(worst["config"])["attacks"]) == {"fgsm", "pgd", "square"}
     table = leaderboard.wide(results)

@@ -14,8 +14,8 @@
 - ``noisy-score``: the nearest-mean score plus fresh noise on every call (a stochastic score value).
 - ``saturated``: a score that saturates (a sigmoid of the distance: value 1 and gradient exactly 0 in
   float32 far from the mean) and declares its smooth surrogate, the distance.
-- ``helpful-pgd``: an attack that descends the objective (helps the detector): AUROC rises with eps.
-- ``eps0-leak``: an attack whose ``perturb_batch`` perturbs even at eps 0.
+- ``helpful-pgd``: an attack that uses 1/255 of any budget from 16/255 up: AUROC rises with eps.
+- ``eps0-leak``: an attack whose ``perturb_batch`` perturbs even at eps 0 (the runtime guard stops it).
 - ``eps0-raise``: an attack whose ``perturb_batch`` raises at eps 0 (and works otherwise).
 - ``large-eps-raise``: an attack that raises at eps >= 0.4 (a check that raises, grid jobs that pass).
 - ``always-raise``: an attack that always raises (a failed job).
@@ -168,12 +168,13 @@ class Saturated(_MeanDistance):
 
 @register_attack("helpful-pgd")
 class HelpfulPGD(PGD):
-    """Descends the attack objective: a broken attack that helps the detector more as eps grows."""
+    """Uses less of a larger budget: a broken attack that is weaker at a large eps than at a small one (it
+    cannot help the detector beyond the clean image, which every attack keeps as a candidate)."""
 
     def perturb_batch(self, detector, x, y, eps):
         score = self.score_fn(detector)
-        return pgd(lambda z: -score(z) * (1 - 2 * y.to(z.dtype)), x, eps=eps, norm="linf",
-                   steps=self.config.steps)
+        used = eps if eps < 16 / 255 else 1 / 255
+        return pgd(lambda z: score(z) * (1 - 2 * y.to(z.dtype)), x, eps=used, norm="linf", steps=self.config.steps)
 
 
 @register_attack("eps0-leak")

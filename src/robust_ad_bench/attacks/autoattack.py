@@ -78,8 +78,14 @@ class AutoAttack(Attack):
 
     Config = AutoAttackConfig
     norm = "linf"
-    version = "4"  # 4: APGD checkpoints follow iters; surrogate objectives; eps 0 runs the attack
+    # 5: the clean image is a candidate, judged under fixed draws (4: APGD checkpoints follow iters; surrogate
+    # objectives; eps 0 runs the attack)
+    version = "5"
     iteration_params = ("iters", "square_queries")
+
+    @classmethod
+    def is_white_box(cls, params: dict[str, Any]) -> bool:
+        return "square" not in params.get("components", TWO_CLASS_COMPONENTS)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

@@ -37,8 +37,8 @@ class EnsembleConfig(WhiteBoxConfig):
     pgd_restarts: int = 2
     apgd_iters: int = 50
     square_queries: int = 1000  # >= 1000: strong enough to catch partial gradient masking
-    # draws per Square query on a stochastic score: one keeps the part affordable (the selection between
-    # candidates still uses eot_samples draws, so a noisy search can only lose, never win, images)
+    # draws per Square query on a stochastic score (a fixed slice of it, the model's common draws): one keeps
+    # the part affordable (the selection between candidates still uses eot_samples draws)
     square_eot_samples: int = 1
 
     def __post_init__(self) -> None:
@@ -60,9 +60,13 @@ class Ensemble(Attack):
 
     Config = EnsembleConfig
     norm = "linf"
-    version = "1"
+    version = "2"  # 2: the clean image is a candidate; parts judged and Square searched under fixed draws
     iteration_params = ("pgd_steps", "apgd_iters", "square_queries")
     part_classes: ClassVar[dict[str, type[Attack]]] = {"pgd": PGD, "apgd-ce": AutoAttack, "square": Square}
+
+    @classmethod
+    def is_white_box(cls, params: dict[str, Any]) -> bool:
+        return "square" not in params.get("parts", PARTS)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -90,6 +94,7 @@ class Ensemble(Attack):
         """Every part's candidates (each gradient part on the score and on each surrogate)."""
         found = {}
         for part, attack in self.parts.items():
+            attack.common_seed = self.common_seed  # every part under the same fixed draws
             for objective, x_adv in attack.candidates(detector, x, y, eps).items():
                 found[part if objective == TRUE_SCORE else f"{part}/{objective}"] = x_adv
         return found

@@ -57,14 +57,17 @@ def pgd(
     restarts: int = 1,
     rand_init: bool = True,
     keep_best: bool = True,
+    judge: Objective | None = None,
 ) -> torch.Tensor:
     """Maximize ``objective`` per sample over the eps-ball around ``x`` intersected with [0, 1].
 
     With ``keep_best`` each sample keeps the best point seen over steps and restarts (as APGD does), so
-    more steps or restarts never make the attack weaker. ``step_size`` defaults to 2.5·eps/steps.
+    more steps or restarts never make the attack weaker; ``judge`` (default: the objective's own values)
+    decides which point is best, e.g. the objective under fixed draws when it is stochastic, so that the
+    iterate kept is the best one rather than the luckiest. ``step_size`` defaults to 2.5·eps/steps.
     """
     x = x.detach()
-    if eps == 0 or steps == 0:
+    if steps == 0:  # at eps 0 the steps run (and stay at x): the sanity checks test this code, not a short cut
         return x.clone()
     alpha = step_size if step_size is not None else 2.5 * eps / steps
     best_x, best_val = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
@@ -84,13 +87,16 @@ def pgd(
             value = objective(x_adv)
             (grad,) = torch.autograd.grad(value.sum(), x_adv)
             if keep_best:
+                if judge is not None:
+                    with torch.no_grad():
+                        value = judge(x_adv.detach())
                 remember(x_adv, value)
             delta = project(delta + alpha * ascent_direction(grad, norm), eps, norm)
             delta = (x + delta).clamp(0, 1) - x
         if not keep_best:
             return (x + delta).detach()
         with torch.no_grad():
-            remember(x + delta, objective(x + delta))
+            remember(x + delta, (judge or objective)(x + delta))
     return best_x
 
 
@@ -99,6 +105,7 @@ class Clean(Attack):
     """No attack: the clean test set."""
 
     norm = "none"
+    version = "3"  # unchanged: returns the clean images
 
     def perturb_batch(self, detector, x, y, eps):  # pragma: no cover - base class short-cuts
         return x.clone()
@@ -114,16 +121,22 @@ class PGDConfig(WhiteBoxConfig):
 
 class _GradientAttack(Attack):
     Config = WhiteBoxConfig
-    version = "4"  # 4: surrogate objectives, per-image best on the true score; eps 0 runs the attack
+    # 5: the clean image is a candidate, candidates judged under fixed draws, eps 0 runs the steps
+    version = "5"
 
     def _run(self, detector, x, y, eps, *, steps, step_size, restarts, rand_init) -> torch.Tensor:
         score = self.score_fn(detector)  # EOT / BPDA from the detector's flags
+        # a stochastic detector's iterates are judged under the model's fixed draws (on the followed objective)
+        fixed = self.fixed(detector, score) if getattr(detector, "stochastic", False) else None
 
         def objective(z: torch.Tensor) -> torch.Tensor:
             return attack_objective(score, z, y)
 
+        def judge(z: torch.Tensor) -> torch.Tensor:
+            return attack_objective(fixed, z, y)
+
         return pgd(objective, x, eps=eps, norm=self.norm, steps=steps, step_size=step_size,
-                   restarts=restarts, rand_init=rand_init)
+                   restarts=restarts, rand_init=rand_init, judge=judge if fixed is not None else None)
 
 
 @register_attack("fgsm")

@@ -1,6 +1,7 @@
 """Square Attack (Andriushchenko et al., ECCV 2020): score-based black-box random search, our own code.
 
-It needs only forward passes of the score, so it is the suite's gradient-masking check: if it beats the
+It needs only forward passes of the score, so it is the suite's gradient-masking check (a stochastic
+score is searched under the model's fixed draws, see ``core.attack``): if it beats the
 white-box attacks at the same eps, their gradients were misleading. The square's side shrinks on the
 paper's schedule; a proposal is kept when it raises the attack objective; every image is searched at once.
 
@@ -175,9 +176,12 @@ class Square(Attack):
     masking_check = True  # the sanity checks' gradient-masking check for its norm
     iteration_params = ("queries",)
     search = staticmethod(square_search)
+    version = "4"  # 4: a stochastic score is searched under fixed draws; the clean image is a candidate
 
     def perturb_batch(self, detector, x, y, eps):
-        score = self.score_fn(detector)
+        # a stochastic score under the model's fixed draws: a deterministic slice the random search can
+        # climb (with fresh draws per query it keeps whichever proposal drew lucky noise)
+        score = self.fixed(detector, self.score_fn(detector))
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
 
         def objective(z: torch.Tensor) -> torch.Tensor:
@@ -199,5 +203,5 @@ class SquareL2(Square):
 
     Config = SquareL2Config
     norm = "l2"
-    version = "4"  # 4: the paper's L2 search (3 searched the inscribed Linf ball)
+    version = "5"  # 5: fixed draws, clean candidate (4: the paper's L2 search, 3 searched the inscribed Linf ball)
     search = staticmethod(square_search_l2)

@@ -19,7 +19,7 @@ def _attacks_run(rows: pd.DataFrame) -> str:
 
 def _worst(rows: pd.DataFrame) -> str:
     """Per norm and eps: mean over models of each model's per-image worst-case AUROC (or its only attack's),
-    and the attack that won most images."""
+    the attack that won most images, and the models whose figure is a fall-back (and why)."""
     worst = worst_per_model(rows)
     if worst.empty:
         return "–"
@@ -28,8 +28,11 @@ def _worst(rows: pd.DataFrame) -> str:
         winners = [top_winner(d) if w else a for a, d, w in
                    zip(group["attack"], group["attack_detail"], is_worst(group["attack"]))]
         top = pd.Series([w for w in winners if w]).value_counts()
+        fallbacks = sorted({f for f in group["fallback"] if f})
         parts.append(f"{norm} {eps_label(eps, norm)}: {group['auroc'].mean():.3f}"
-                     + (f" ({top.index[0]})" if not top.empty else ""))
+                     + (f" ({top.index[0]})" if not top.empty else "")
+                     + (f" [fallback in {sum(bool(f) for f in group['fallback'])}/{len(group)} models: "
+                        f"{'; '.join(fallbacks)}]" if fallbacks else ""))
     return "\n".join(parts)
 
 

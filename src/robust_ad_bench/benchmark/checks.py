@@ -1,18 +1,21 @@
-"""Sanity checks of the evaluation protocol, run for every trained model and stored with its results.
+"""Sanity checks of the evaluation protocol, run for every trained model and stored with its results. They
+compare images: each attack run returns its per-image scores, and each threshold comes from the measured
+noise of the detector (``masking``: the rule).
 
-1. ``eps0``: the attack at eps 0 (its own ``perturb_batch`` path) reproduces the clean AUROC exactly; the
-   scores of a stochastic detector are drawn from a stream seeded apart from the attack's, so the draws an
-   attack spends (calibration, random starts) never shift this figure.
-2. ``monotone``: robust AUROC does not rise (by more than ``tolerance``) as eps grows.
+1. ``eps0``: the attack at eps 0 runs its own steps (no short cut) and must give every image the score of
+   its clean image, up to float rounding; a stochastic detector is scored with the same draws (drawn apart
+   from the attack's random numbers, so the draws an attack spends never shift them).
+2. ``monotone``: robust AUROC does not rise as eps grows, beyond the noise of the paired difference
+   between consecutive eps (the clean scores at eps 0).
 3. ``large-eps``: a very large eps (Linf 0.5, or the L2 ball holding that cube) drives robust AUROC
    below ``large_eps_max_auroc``; a differentiable detector cannot resist it. Explicit step sizes are
    scaled with the eps.
 4. ``more-steps``: ``steps_factor`` (2) times the attack's iteration budget changes robust AUROC by no
-   more than ``tolerance``. Higher means the attack is inconsistent; lower means it had not converged and
-   the grid's figure overstates robustness. Either way the cell is flagged.
-5. ``black-box``: the Square Attack of the norm (forward passes only, ``square_queries`` queries, the
-   white-box attack's ``target``) must not beat the strongest white-box attack of that norm and target by
-   more than ``tolerance`` at the grid's largest eps; if it does, the gradients were masked.
+   more than the noise of the paired difference. Higher means the attack is inconsistent; lower means it
+   had not converged and the grid's figure overstates robustness. Either way the cell is flagged.
+5. ``black-box``: the paired masking test (``verification``): Square on a stratified sample of the test
+   images, compared image by image with the per-image worst white-box candidate of the norm and target at
+   the grid's largest eps. When it flags, Square runs on every test image and joins the worst case.
 
 Checks 3 and 4 apply to every iterative attack: those that declare an iteration budget
 (``Attack.iteration_params``: PGD's ``steps``, AutoAttack's ``iters``, Square's ``queries``...). A check that
@@ -26,35 +29,61 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark.masking import FLOAT_TOLERANCE, difference_threshold
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import ATTACKS
 
 CHECK_NAMES = ("eps0", "monotone", "large-eps", "more-steps", "black-box")
 FLAGS = {"eps0": "0", "monotone": "m", "large-eps": "L", "more-steps": "s", "black-box": "B", "error": "!"}
 ERROR = "error"  # check rows named "error:<check>": the check raised
-CHECKS_VERSION = "3"  # 3: eps 0 runs the attack, generic iteration budgets, Square-L2, targets; errors stored
+# 4: image-level checks with thresholds from the measured noise; the paired masking test on a sample
+CHECKS_VERSION = "4"
 
-Evaluate = Callable[[str, dict, float], float]  # (attack name, attack params, eps) -> AUROC
+
+@dataclass
+class Evaluated:
+    """One attack run of a check: the per-image scores of the attacked test images (and the images, kept
+    when the worst case needs them)."""
+
+    scores: np.ndarray
+    images: object = None
+
+
+Evaluate = Callable[[str, dict, float], Evaluated]  # (attack name, attack params, eps) -> the run
+# (norm, target, white-box attacks of that norm and target, eps) -> the masking check's results
+Masking = Callable[[str, str, list[str], float], list["CheckResult"]]
 
 
 @dataclass
 class CheckConfig:
     enabled: bool = True
-    tolerance: float = 0.02  # AUROC differences below this are noise
+    noise_sigmas: float = 3.0  # an AUROC difference counts beyond this many standard deviations of its noise
+    noise_rounds: int = 200  # resamples of the test images that measure that noise
     large_eps_linf: float = 0.5  # the "very large" budget; L2 uses the ball that holds this Linf cube
     large_eps_max_auroc: float = 0.2
     steps_factor: int = 2
     # 1000 queries catch a detector whose gradient is masked on half its images (100 do not)
     square_queries: int = 1000
-    # draws per Square query on a stochastic score: 1 keeps the check affordable (EOT would multiply its
-    # forward passes); single-draw random search is weaker, so it can miss masking but never invents it
+    # draws per Square query on a stochastic score, a fixed slice of it (the model's common draws): 1 keeps
+    # the check affordable (EOT would multiply its forward passes)
     square_eot_samples: int = 1
+    # the masking test's stratified sample of the test set (per model, seeded by its checks)
+    masking_normals: int = 32
+    masking_anomalies: int = 32
+    masking_rounds: int = 8  # stochastic detectors: re-scorings that measure the noise the test must beat
 
     def __post_init__(self) -> None:
-        if self.tolerance < 0 or self.steps_factor < 2 or self.square_queries < 1 or self.large_eps_linf <= 0:
-            raise BenchError("checks need tolerance >= 0, steps_factor >= 2, square_queries >= 1 and "
-                             f"large_eps_linf > 0; got {self.tolerance}, {self.steps_factor}, "
+        if self.noise_sigmas < 0 or self.steps_factor < 2 or self.square_queries < 1 or self.large_eps_linf <= 0:
+            raise BenchError("checks need noise_sigmas >= 0, steps_factor >= 2, square_queries >= 1 and "
+                             f"large_eps_linf > 0; got {self.noise_sigmas}, {self.steps_factor}, "
                              f"{self.square_queries}, {self.large_eps_linf}")
+        if self.masking_normals < 1 or self.masking_anomalies < 1 or self.masking_rounds < 2 or self.noise_rounds < 2:
+            raise BenchError("checks need masking_normals >= 1, masking_anomalies >= 1, masking_rounds >= 2 and "
+                             f"noise_rounds >= 2; got {self.masking_normals}, {self.masking_anomalies}, "
+                             f"{self.masking_rounds}, {self.noise_rounds}")
 
 
 @dataclass
@@ -98,79 +127,100 @@ class _Recorder:
             self.results.extend(CheckResult(a, f"{ERROR}:{name}", False, detail=detail) for a in attacks)
 
 
-def run_checks(attacks: dict[str, dict], grid: dict[tuple[str, float], float], evaluate: Evaluate,
-               cfg: CheckConfig, image_numel: int) -> list[CheckResult]:
+def run_checks(attacks: dict[str, dict], grid: dict[tuple[str, float], np.ndarray], labels: np.ndarray,
+               evaluate: Evaluate, masking: Masking, cfg: CheckConfig, image_numel: int,
+               seed: int = 0) -> list[CheckResult]:
     """The five checks for one trained model.
 
-    ``attacks`` maps each attack of the grid to its parameters, ``grid`` maps (attack, eps) to the AUROC
-    the grid measured, and ``evaluate`` runs one more attack on the same model and test set."""
-    tol = cfg.tolerance
+    ``attacks`` maps each attack of the grid to its parameters, ``grid`` maps (attack, eps) to the per-image
+    test scores the grid stored, ``evaluate`` runs one more attack on the same model and test set, and
+    ``masking`` runs the masking test of one norm and target."""
     rec = _Recorder()
-    clean: list[float] = []
-    rec.run(["*"], "clean", lambda: clean.append(evaluate("clean", {}, 0.0)) or [])  # noqa: B023
+    clean: list[np.ndarray] = []
+    rec.run(["*"], "clean", lambda: clean.append(evaluate("clean", {}, 0.0).scores) or [])  # noqa: B023
     if not clean:
-        return rec.results  # nothing can be compared with the clean AUROC
-    ref = clean[0]
+        return rec.results  # nothing can be compared with the clean scores
+    noise = _Noise(labels, cfg, seed)
     white_box: dict[tuple[str, str], list[str]] = {}
     for name, params in attacks.items():
         attack = ATTACKS.get(name)
         if attack.norm == "none":
             continue
-        curve = [(0.0, ref)] + sorted((e, v) for (a, e), v in grid.items() if a == name and e > 0)
+        curve = [(0.0, clean[0])] + sorted(((e, v) for (a, e), v in grid.items() if a == name and e > 0),
+                                           key=lambda ev: ev[0])
         eps_max = max((e for (a, e) in grid if a == name), default=0.0)
-        rec.run([name], "eps0", _eps0, name, params, ref, evaluate)
-        rec.run([name], "monotone", _monotone, name, curve, tol)
+        rec.run([name], "eps0", _eps0, name, params, clean[0], evaluate)
+        rec.run([name], "monotone", _monotone, name, curve, noise)
         if attack.is_iterative(params) and eps_max > 0:
             big = large_eps(attack.norm, cfg, image_numel)
-            rec.run([name], "large-eps", _large_eps, name, params, eps_max, big, cfg, evaluate)
-            rec.run([name], "more-steps", _more_steps, name, params, eps_max, grid[(name, eps_max)], cfg, evaluate)
-        if not getattr(attack, "black_box", False) and eps_max > 0:
+            rec.run([name], "large-eps", _large_eps, name, params, eps_max, big, cfg, labels, evaluate)
+            rec.run([name], "more-steps", _more_steps, name, params, eps_max, grid[(name, eps_max)], cfg, noise,
+                    evaluate)
+        if attack.is_white_box(params) and eps_max > 0:  # anything with a Square part is not white-box here
             white_box.setdefault((attack.norm, params.get("target", "both")), []).append(name)
     for (norm, target), names in white_box.items():
-        rec.run(names, "black-box", _black_box, norm, target, names, grid, cfg, evaluate)
+        eps_max = max(e for (a, e) in grid if a in names)
+        rec.run(names, "black-box", masking, norm, target, names, eps_max)
     return rec.results
 
 
-def _eps0(name: str, params: dict, clean: float, evaluate: Evaluate) -> list[CheckResult]:
-    at_zero = evaluate(name, params, 0.0)
-    return [CheckResult(name, "eps0", at_zero == clean, at_zero, clean,
-                        "" if at_zero == clean else "eps 0 differs from the clean AUROC")]
+class _Noise:
+    """The noise threshold of AUROC differences between paired score sets of this model's test set."""
+
+    def __init__(self, labels: np.ndarray, cfg: CheckConfig, seed: int) -> None:
+        self.labels, self.cfg, self.seed = labels, cfg, seed
+
+    def auroc(self, scores: np.ndarray) -> float:
+        return metrics.auroc(self.labels, scores)
+
+    def threshold(self, a: np.ndarray, b: np.ndarray) -> float:
+        return difference_threshold(self.labels, a, b, self.cfg.noise_sigmas, self.cfg.noise_rounds, self.seed)
 
 
-def _monotone(name: str, curve: list[tuple[float, float]], tol: float) -> list[CheckResult]:
-    rise = max((b[1] - a[1] for a, b in zip(curve, curve[1:])), default=0.0)
-    return [CheckResult(name, "monotone", rise <= tol, rise, tol,
-                        f"AUROC rises by {rise:.3f} between consecutive eps" if rise > tol else "")]
+def _eps0(name: str, params: dict, clean: np.ndarray, evaluate: Evaluate) -> list[CheckResult]:
+    at_zero = evaluate(name, params, 0.0).scores
+    gap = np.abs(np.asarray(at_zero, np.float64) - clean) / (1.0 + np.abs(clean))
+    worst = float(np.nanmax(gap)) if len(gap) else 0.0
+    ok = bool(np.isfinite(gap).all()) and worst <= FLOAT_TOLERANCE
+    moved = int((~(gap <= FLOAT_TOLERANCE)).sum())
+    return [CheckResult(name, "eps0", ok, worst, FLOAT_TOLERANCE,
+                        "" if ok else f"eps 0 changed the score of {moved} images (relative change up to {worst:.3g})")]
 
 
-def _large_eps(name: str, params: dict, eps_max: float, big: float, cfg: CheckConfig,
+def _monotone(name: str, curve: list[tuple[float, np.ndarray]], noise: _Noise) -> list[CheckResult]:
+    """The largest rise of AUROC between consecutive eps, against the noise of that paired difference."""
+    worst_rise, worst_threshold, where = -math.inf, 0.0, ""
+    for (e0, a), (e1, b) in zip(curve, curve[1:]):
+        rise, threshold = noise.auroc(b) - noise.auroc(a), noise.threshold(b, a)
+        if rise - threshold > worst_rise - worst_threshold:
+            worst_rise, worst_threshold, where = rise, threshold, f"eps {e0:g} to {e1:g}"
+    if worst_rise == -math.inf:
+        return [CheckResult(name, "monotone", True, 0.0, 0.0)]
+    ok = worst_rise <= worst_threshold
+    return [CheckResult(name, "monotone", ok, worst_rise, worst_threshold,
+                        "" if ok else f"AUROC rises by {worst_rise:.4f} from {where} (noise threshold "
+                                      f"{worst_threshold:.4f})")]
+
+
+def _large_eps(name: str, params: dict, eps_max: float, big: float, cfg: CheckConfig, labels: np.ndarray,
                evaluate: Evaluate) -> list[CheckResult]:
     scaled = ATTACKS.get(name).scaled_params(params, eps_factor=big / eps_max)  # explicit step sizes grow too
-    value = evaluate(name, scaled, big)
+    value = metrics.auroc(labels, evaluate(name, scaled, big).scores)
     return [CheckResult(name, "large-eps", value <= cfg.large_eps_max_auroc, value, cfg.large_eps_max_auroc,
                         f"eps {big:g}")]
 
 
-def _more_steps(name: str, params: dict, eps_max: float, ref: float, cfg: CheckConfig,
+def _more_steps(name: str, params: dict, eps_max: float, stored: np.ndarray, cfg: CheckConfig, noise: _Noise,
                 evaluate: Evaluate) -> list[CheckResult]:
     attack = ATTACKS.get(name)
     stronger = attack.scaled_params(params, steps_factor=cfg.steps_factor)
-    value = evaluate(name, stronger, eps_max)
-    ok = abs(value - ref) <= cfg.tolerance
+    scores = evaluate(name, stronger, eps_max).scores
+    value, ref = noise.auroc(scores), noise.auroc(stored)
+    threshold = noise.threshold(scores, stored)
+    ok = abs(value - ref) <= threshold
     budget = ", ".join(f"{p} {stronger[p]}" for p in attack.iteration_params)
-    detail = "" if ok else (f"{budget}: {'lower' if value < ref else 'higher'}, "
-                            + ("not converged" if value < ref else "inconsistent attack"))
+    detail = f"{budget}: noise threshold {threshold:.4f}"
+    if not ok:
+        detail += f", {'lower' if value < ref else 'higher'}: " + ("not converged" if value < ref
+                                                                    else "inconsistent attack")
     return [CheckResult(name, "more-steps", ok, value, ref, detail)]
-
-
-def _black_box(norm: str, target: str, names: list[str], grid: dict[tuple[str, float], float], cfg: CheckConfig,
-               evaluate: Evaluate) -> list[CheckResult]:
-    """Square against the strongest white-box attack of the norm and target: a weak FGSM is not masking."""
-    eps_max = max(e for (a, e) in grid if a in names)
-    strongest = min(grid[(a, eps_max)] for a in names if (a, eps_max) in grid)
-    blind = evaluate(masking_check_attack(norm), {"queries": cfg.square_queries, "eot_samples": cfg.square_eot_samples,
-                                                  "target": target}, eps_max)
-    masked = blind < strongest - cfg.tolerance
-    detail = (f"Square beats every white-box {norm} attack (target {target}) at eps {eps_max:g}: gradient masking"
-              if masked else "")
-    return [CheckResult(name, "black-box", not masked, blind, strongest, detail) for name in names]

@@ -228,9 +228,10 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
         results, checks = store.results(), store.checks()
     figures = [f for name in paper_names() for f in load_paper(name).figures] if args.reported else []
     shown = cell_reported(results, figures, args.metric) if figures else None
-    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown), table_console(), args.metric)
+    older = args.configurations
+    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown, older), table_console(), args.metric)
     ensure_writable(args.out)
-    for path in leaderboard.write(results, args.out, args.metric, checks, shown):
+    for path in leaderboard.write(results, args.out, args.metric, checks, shown, older):
         console.print(f"wrote {path}")
     return 0
 
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--metric", default="auroc", help=f"{', '.join(leaderboard.METRICS)} (default: auroc)")
     board.add_argument("--reported", action="store_true",
                        help="add each paper's reported figure beside the cells it matches (see: list papers)")
+    board.add_argument("--configurations", action="store_true",
+                       help="list the older configurations of each cell side by side (never averaged with the "
+                            "latest one shown)")
     audit = sub.add_parser("audit", parents=[common],
                            help="per method: attacks run, worst-case AUROC, failed sanity checks")
     audit.add_argument("--out", default="results", help="results folder (default: results)")

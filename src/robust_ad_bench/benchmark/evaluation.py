@@ -1,11 +1,12 @@
-"""Evaluation of one trained detector: each job's attack and metrics, the per-image worst case over its
-attacks, the model's sanity checks and its certificates. Every function here is pure computation (no
-store; files only in the adversarial-image folder the caller names): the runner decides where it runs and
-the driver stores what it returns.
+"""Evaluation of one trained detector: each job's attack and metrics, and its certificates (the sanity
+checks and per-image worst cases: ``verification``). Every function here is pure computation (no store):
+the runner decides where it runs and the driver stores what it returns.
 
 Scores of a stochastic detector are the mean of the job's ``eval_samples`` draws, drawn from a stream
 seeded by the job (or check) key apart from the attack's own random numbers: the draws an attack spends
 never change the draws its images are scored with, so the checks (same draws) compare like with like.
+Every attack of one model judges its candidates under the same fixed draws (``common_seed``: common random
+numbers), so choices between images compare images, not noise; reported figures use fresh draws.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import torch
 
 from robust_ad_bench.benchmark import metrics
 from robust_ad_bench.benchmark.certification import CertifyConfig, certify
-from robust_ad_bench.benchmark.checks import CheckConfig, run_checks
-from robust_ad_bench.benchmark.jobs import Job, WorstCase
+from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.runtime import key_seed, seed_everything
 from robust_ad_bench.benchmark.store import CertifiedRow, CheckRow, JobResult
-from robust_ad_bench.benchmark.worst_case import AdversarialImages, wins_text, worst_scores
 from robust_ad_bench.core.adaptive import expectation
 from robust_ad_bench.core.attack import images_per_call
 from robust_ad_bench.core.dataset import Split
@@ -54,6 +53,11 @@ def score_seed(key: str) -> int:
     return key_seed(key) ^ 0x5C0E5EED
 
 
+def common_seed(train_key: str) -> int:
+    """Seed of the fixed draws under which every attack of the model ``train_key`` judges its candidates."""
+    return key_seed(train_key) ^ 0xC0AA5EED
+
+
 def score_images(detector: Detector, x: torch.Tensor, draws: int, seed: int) -> np.ndarray:
     """Scores of ``x``: the mean of ``draws`` draws (stochastic detectors), from a stream seeded by ``seed``
     that leaves the caller's random state untouched."""
@@ -66,12 +70,18 @@ def score_images(detector: Detector, x: torch.Tensor, draws: int, seed: int) -> 
 
 
 def attacked_scores(detector: Detector, split: Split, attack_name: str, params: dict[str, Any], eps: float,
-                    device: torch.device, eval_samples: int = 1, seed: int = 0
-                    ) -> tuple[torch.Tensor, np.ndarray, str]:
-    """Test images attacked by one attack: (the attacked images, their scores, how it attacked)."""
+                    device: torch.device, eval_samples: int = 1, seed: int = 0, common: int | None = 0,
+                    subset: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, str]:
+    """Test images (those of ``subset`` when given) attacked by one attack: (the attacked images, their
+    scores, how it attacked). ``common`` seeds the fixed draws the attack judges candidates under."""
     attack = ATTACKS.get(attack_name)(params)
+    attack.common_seed = common
     attack.calibrate(detector, split.train.to(device))
-    x_adv = attack.perturb(detector, split.test.to(device), split.test_labels.to(device), eps)
+    x, y = split.test, split.test_labels
+    if subset is not None:
+        index = torch.as_tensor(subset, dtype=torch.long)
+        x, y = x[index], y[index]
+    x_adv = attack.perturb(detector, x.to(device), y.to(device), eps)
     detail = attack.describe(detector)
     if detector.stochastic and eval_samples > 1:
         detail = ",".join(p for p in (detail, f"eval={eval_samples}") if p)
@@ -82,9 +92,9 @@ def attack_job(job: Job, detector: Detector, split: Split, device: torch.device)
     """Attack the test set, score it, and compute the job's metrics: (its row, the attacked images)."""
     seed_everything(job.key)
     x_adv, scores, detail = attacked_scores(detector, split, job.attack, job.attack_spec.params, job.eps, device,
-                                            job.eval_samples, score_seed(job.key))
+                                            job.eval_samples, score_seed(job.key), common_seed(job.train_key))
     labels = split.test_labels.numpy().astype(np.uint8)
-    result = _metrics(labels, scores, job.key)
+    result = metrics_of(labels, scores, job.key)
     if split.test_masks is not None and detector.has_anomaly_map():
         maps = batched(detector.anomaly_map, x_adv)
         result["pixel_auroc"] = metrics.pixel_auroc(split.test_masks.numpy(), maps)
@@ -92,67 +102,11 @@ def attack_job(job: Job, detector: Detector, split: Split, device: torch.device)
                       attack_detail=detail), x_adv
 
 
-def _metrics(labels: np.ndarray, scores: np.ndarray, key: str) -> dict[str, float]:
+def metrics_of(labels: np.ndarray, scores: np.ndarray, key: str) -> dict[str, float]:
     result = metrics.image_metrics(labels, scores)
     result["auroc_ci_low"], result["auroc_ci_high"] = metrics.bootstrap_ci(
         labels, scores, n=BOOTSTRAP_ROUNDS, seed=key_seed(key))
     return result
-
-
-def model_worst_case(group: WorstCase, detector: Detector, split: Split, scores: dict[str, np.ndarray],
-                     images: AdversarialImages, device: torch.device) -> JobResult:
-    """The per-image worst case over ``group``'s jobs (see ``worst_case``): ``scores`` holds each job's
-    stored test scores; a stochastic detector's chosen images come from ``images`` (or a new attack from
-    the job's seed when missing) and are scored with fresh draws."""
-    labels = split.test_labels.numpy().astype(np.uint8)
-    names = [job.attack for job in group.jobs]
-    worst, pick = worst_scores(labels, np.stack([scores[job.key] for job in group.jobs]))
-    detail = f"per-image worst of {len(names)} attacks,won={wins_text(names, pick)}"
-    if detector.stochastic:
-        x = split.test.to(device)
-        chosen, regenerated = x.clone(), 0
-        for i, job in enumerate(group.jobs):
-            mine = torch.as_tensor(pick == i, device=device)
-            if not bool(mine.any()):
-                continue
-            x_adv = images.load(job.key, x)
-            if x_adv is None:  # not kept: attack again from the job's own seed
-                x_adv, regenerated = attack_job(job, detector, split, device)[1], regenerated + 1
-            chosen[mine] = x_adv[mine]
-        draws = group.jobs[0].eval_samples
-        worst = score_images(detector, chosen, draws, score_seed(group.key))
-        detail += f",chosen on the jobs' draws, scored with {draws} fresh draw{'s' * (draws > 1)}"
-        if regenerated:
-            detail += f",{regenerated} attack(s) run again from their seed"
-        # A choice made on noisy scores can be worse than one attack on all images: never report more than
-        # the lowest single attack (each job's AUROC is unbiased for its own images; the min of a few is
-        # at worst slightly pessimistic for the detector).
-        mixed = metrics.auroc(labels, worst)
-        lowest = min(group.jobs, key=lambda job: metrics.auroc(labels, scores[job.key]))
-        single = metrics.auroc(labels, scores[lowest.key])
-        if single < mixed:
-            worst = scores[lowest.key]
-            detail += f",{lowest.attack} alone is lower ({single:.3f} < per-image {mixed:.3f}): reported"
-    result = _metrics(labels, worst, group.key)
-    return job_result(group.job(), "ok", metrics=result, n_test=len(labels), labels=labels, scores=worst,
-                      attack_detail=detail, config=group.config)
-
-
-def model_checks(jobs: Sequence[Job], key: str, figures: dict[tuple[str, float], float], detector: Detector,
-                 split: Split, cfg: CheckConfig, device: torch.device) -> list[CheckRow]:
-    """The sanity checks of one model; ``figures`` maps (attack, eps) to the AUROC the grid measured."""
-    labels = split.test_labels.numpy().astype(np.uint8)
-    draws = jobs[0].eval_samples  # the same number of draws as the grid's figures
-
-    def evaluate(attack: str, params: dict[str, Any], eps: float) -> float:
-        seed_everything(key)
-        # the same scoring draws for every figure: eps 0 must equal clean exactly
-        scores = attacked_scores(detector, split, attack, params, eps, device, draws, score_seed(key))[1]
-        return metrics.auroc(labels, scores)
-
-    attacks = {job.attack: job.attack_spec.params for job in jobs}
-    found = run_checks(attacks, figures, evaluate, cfg, int(split.test[0].numel()))
-    return check_rows(jobs, key, found)
 
 
 def check_rows(jobs: Sequence[Job], key: str, found: Sequence[Any]) -> list[CheckRow]:

@@ -134,22 +134,36 @@ def job_payload(model: ModelSpec, attack: AttackSpec, eval_samples: int = 1) -> 
 
 @dataclass(frozen=True)
 class WorstCase:
-    """The per-image worst case of one trained model over every attack of one norm at one eps: a derived
-    result stored as a row of its own (attack ``worst-<norm>``), like any other cell."""
+    """The per-image worst case of one trained model at one norm and eps: a derived result stored as a row
+    of its own (attack ``worst-<norm>``), like any other cell. Its candidates are the images of the jobs at
+    that eps (two or more attacks), of the model's jobs of that norm at smaller eps (so the worst case cannot
+    rise with eps), and, when the model is checked, the checks' adversarial images at that eps or below
+    (``checks``: the check key that produced them)."""
 
     norm: str
     eps: float
-    jobs: tuple[Job, ...]  # the attacked jobs it combines (two or more attacks)
+    jobs: tuple[Job, ...]  # the attacked jobs at this eps
     key: str
+    smaller: tuple[Job, ...] = ()  # the model's jobs of this norm at a smaller eps
+    checks: str | None = None  # the check key whose adversarial images join (None: checks off)
 
     attack = property(lambda self: f"worst-{self.norm}")
 
     @property
+    def members(self) -> tuple[Job, ...]:
+        return self.jobs + self.smaller
+
+    @property
     def config(self) -> dict[str, Any]:
-        """What the store keeps of it: its jobs' payload (model, test set, draws) and the attacks combined."""
+        """What the store keeps of it: its jobs' payload (model, test set, draws), the attacks combined with
+        their versions and parameters (one configuration per leaderboard cell), and the candidates' sources."""
         shared = {k: v for k, v in self.jobs[0].config.items() if not k.startswith("attack")}
         return {**shared, "derived": "worst-case", "version": WORST_CASE_VERSION,
-                "attacks": [j.attack for j in self.jobs], "jobs": [j.key for j in self.jobs], "norm": self.norm,
+                "attacks": [j.attack for j in self.jobs],
+                "attack_configs": {j.attack: {"version": j.attack_spec.version, "params": j.attack_spec.params}
+                                   for j in self.jobs},
+                "smaller_eps": sorted({round(j.eps, 10) for j in self.smaller}),
+                "jobs": [j.key for j in self.members], "checks": self.checks, "norm": self.norm,
                 "eps": round(self.eps, 10)}
 
     def job(self) -> Job:
@@ -159,18 +173,20 @@ class WorstCase:
         return Job(first.model, spec, first.train_key, self.key, first.eval_samples)
 
 
-def worst_case_groups(jobs: Sequence[Job]) -> list[WorstCase]:
-    """Per norm and eps > 0 that two or more attacks of one trained model ran: its worst case."""
+def worst_case_groups(jobs: Sequence[Job], checks: str | None = None) -> list[WorstCase]:
+    """Per norm and eps > 0 that two or more attacks of one trained model ran: its worst case (over those
+    attacks, the model's jobs of the norm at smaller eps and, with ``checks``, that check key's images)."""
     groups: dict[tuple[str, float], list[Job]] = {}
     for job in jobs:
         if job.norm != "none" and job.eps > 0:
             groups.setdefault((job.norm, round(job.eps, 10)), []).append(job)
     out = []
-    for (norm, _), members in groups.items():
+    for (norm, eps), members in groups.items():
         if len({j.attack for j in members}) >= 2:
+            smaller = tuple(j for (n, e), js in groups.items() if n == norm and e < eps for j in js)
             key = content_key({"worst_case": WORST_CASE_VERSION, "train_key": members[0].train_key,
-                               "jobs": sorted(j.key for j in members)})
-            out.append(WorstCase(norm, members[0].eps, tuple(members), key))
+                               "jobs": sorted(j.key for j in (*members, *smaller)), "checks": checks})
+            out.append(WorstCase(norm, members[0].eps, tuple(members), key, smaller, checks))
     return out
 
 

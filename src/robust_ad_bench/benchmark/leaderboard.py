@@ -1,11 +1,13 @@
 """Leaderboard: methods as rows, (dataset, attack, eps) as columns, mean ± std AUROC over classes and seeds.
 
-Built only from the store. Rendered with rich in the terminal; written as CSV (long, numeric), Markdown
-and LaTeX (wide, "mean ± std"). A cell whose sanity checks failed carries their flags (``!B``: a
-black-box attack beat it, see ``FLAG_LEGEND``; ``!?``: the model's checks did not run). For each norm and
-eps attacked by several attacks a ``worst-<norm>`` column holds the AUROC of the per-image worst case over
-those attacks (a derived row the runner stores, see ``benchmark.worst_case``), with the attack that won
-most images and the flags of every attack it combines.
+Built only from the store. One configuration per cell (``cells``): rows that differ in any attack or method
+parameter are never averaged; a cell shows its latest configuration and notes older ones (``[+1 older]``;
+``configurations=True`` lists them side by side), failed rows and fall-backs. Rendered with rich in the
+terminal; written as CSV (long, numeric), Markdown and LaTeX (wide, "mean ± std"). A cell whose sanity checks
+failed carries their flags (``!B``: Square beat the white-box attacks, see ``FLAG_LEGEND``; ``!?``: the
+model's checks did not run). For each norm and eps attacked by several attacks a ``worst-<norm>`` column
+holds the AUROC of the per-image worst case over every candidate (a derived row the runner stores, see
+``benchmark.worst_case``), with the candidate that won most images and the flags of every attack it combines.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from robust_ad_bench.benchmark.cells import WORST_PREFIX, cell_notes, is_worst, latest, older_rows, worst_per_model
 from robust_ad_bench.benchmark.checks import flag_of
 from robust_ad_bench.benchmark.jobs import StoredConfig
 from robust_ad_bench.core.registry import METHODS
@@ -23,15 +27,20 @@ from robust_ad_bench.core.registry import METHODS
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
 METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC"}
 FLAG_LEGEND = {
-    "B": "a black-box attack (Square) beat the white-box attack: gradient masking",
-    "s": "more attack steps changed the AUROC: not converged (or inconsistent)",
+    "B": "Square beat the per-image worst white-box attack on the masking sample beyond noise: gradient masking "
+         "(or white-box attacks that miss some images); Square then ran on every image and joined the worst case",
+    "s": "more attack steps changed the AUROC beyond noise: not converged (or inconsistent)",
     "L": "a very large eps did not break the detector",
-    "m": "AUROC rose as eps grew",
-    "0": "eps 0 did not reproduce the clean AUROC",
+    "m": "AUROC rose as eps grew beyond noise",
+    "0": "eps 0 changed the scores of the clean images",
     "!": "a check raised (its message: robust-ad-bench audit)",
     "?": "the model's sanity checks did not run (checks off, or one of its jobs failed)",
 }
-WORST_PREFIX = "worst-"
+__all__ = ["is_worst", "worst_per_model", "wide", "summarize", "render", "write"]  # the first two: cells'
+CELL_NOTES = ("[+N older]: the store holds N older configurations of the cell (other attack or method parameters, "
+              "versions): never averaged with the latest one shown (leaderboard --configurations lists them); "
+              "[N failed]: rows of the cell's configuration failed; [N fallback]: worst-case rows report a single "
+              "candidate instead (robust-ad-bench audit says which).")
 
 
 def eps_label(eps: float, norm: str) -> str:
@@ -68,41 +77,6 @@ def check_flags(checks: pd.DataFrame | None, results: pd.DataFrame | None = None
     return {key: "".join(sorted(v)) for key, v in found.items() if v and key[2] != "*"}
 
 
-MODEL_EPS = ["train_key", "norm", "eps"]
-
-
-def is_worst(attacks: pd.Series) -> pd.Series:
-    return attacks.astype(str).str.startswith(WORST_PREFIX)
-
-
-def drop_superseded_worst(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model, norm and eps, only the worst-case row over the most attacks (then the lowest): a grid that
-    added an attack leaves its earlier worst case, over fewer attacks and never lower, in the store."""
-    worst = is_worst(results["attack"]) & (results["status"] == "ok")
-    if not worst.any():
-        return results
-    rows = results[worst]
-    combined = rows["config"].map(lambda c: len(StoredConfig.parse(c).payload.get("jobs", [])))
-    ranked = rows.assign(_combined=combined).sort_values(["_combined", "auroc"], ascending=[False, True])
-    keep = ranked.drop_duplicates(MODEL_EPS).index
-    return results[~worst | results.index.isin(keep)]
-
-
-def worst_per_model(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model (train_key), norm and eps > 0: its ``worst-<norm>`` row (the per-image worst case over the
-    attacks run there), or the row of the only attack run there."""
-    results = drop_superseded_worst(results)
-    ok = results[(results["status"] == "ok") & (results["norm"] != "none") & results["auroc"].notna()]
-    if ok.empty:
-        return ok
-    worst = ok[is_worst(ok["attack"])]
-    single = ok[~is_worst(ok["attack"])]
-    single = single[single.groupby(MODEL_EPS)["attack"].transform("nunique") == 1]
-    covered = set(map(tuple, worst[MODEL_EPS].values))
-    single = single[[tuple(v) not in covered for v in single[MODEL_EPS].values]]
-    return pd.concat([worst, single])
-
-
 def top_winner(detail: str | None) -> str:
     """The attack that won most images of a worst-case row (its ``attack_detail``: ``won=pgd:61%+...``)."""
     text = str(detail or "")
@@ -124,8 +98,10 @@ def _worst_notes(worst: pd.DataFrame, flags: dict[tuple[str, str, str], str]) ->
 
 
 def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
-    """Long table: one row per method × dataset × attack × eps with mean, std and count of ``metric``."""
-    ok = results[results["status"] == "ok"]
+    """Long table: one row per method × dataset × attack × eps with mean, std and count of ``metric`` over
+    the classes and seeds of the cell's latest configuration."""
+    shown = latest(results)[0]
+    ok = shown[shown["status"] == "ok"]
     if ok.empty:
         return pd.DataFrame(columns=[*GROUP, "mean", "std", "n"])
     table = ok.groupby(GROUP, sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
@@ -144,24 +120,29 @@ def _cell(mean: float, std: float, n: int, note: str) -> str:
 
 
 def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None,
-         reported: dict[tuple, str] | None = None) -> pd.DataFrame:
+         reported: dict[tuple, str] | None = None, configurations: bool = False) -> pd.DataFrame:
     """Methods × columns of "mean ± std" strings with check flags, per-image worst-case columns included
     (their images are the worst per image for any ranking metric); extra columns flag training and failed
     jobs. ``reported`` ((method, dataset, attack, norm, eps) → a paper's figure, from
-    ``reported.cell_reported``) adds a "<column> reported" column beside each column that has one."""
-    results = drop_superseded_worst(results)
+    ``reported.cell_reported``) adds a "<column> reported" column beside each column that has one;
+    ``configurations`` adds, right of a cell's column, one column per older configuration of it."""
     long = summarize(results, metric)
     if long.empty:
         return pd.DataFrame()
-    flags = check_flags(checks, results)
-    worst_notes = _worst_notes(results[is_worst(results["attack"]) & (results["status"] == "ok")], flags)
-    notes = [worst_notes.get(tuple(r), "") if str(r[2]).startswith(WORST_PREFIX)
-             else (f"!{flags[tuple(r[:3])]}" if tuple(r[:3]) in flags else "") for r in long[GROUP].values]
+    shown = latest(results)[0]
+    flags = check_flags(checks, shown)
+    worst_notes = _worst_notes(shown[is_worst(shown["attack"]) & (shown["status"] == "ok")], flags)
+    marks = cell_notes(results)
+    notes = [" ".join(p for p in ((worst_notes.get(tuple(r), "") if str(r[2]).startswith(WORST_PREFIX)
+                                   else (f"!{flags[tuple(r[:3])]}" if tuple(r[:3]) in flags else "")),
+                                  marks.get(tuple(r), "")) if p) for r in long[GROUP].values]
     long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],
                        cell=[_cell(m, s, n, note) for (m, s, n), note in
                              zip(long[["mean", "std", "n"]].values, notes)])
     table = long.pivot(index="method", columns="column", values="cell")
     table = table[list(dict.fromkeys(long["column"]))].fillna("–")
+    if configurations:
+        table = _with_older(table, results, metric)
     if reported:
         table = _with_reported(table, long, reported)
     at = results.groupby("method")["adversarially_trained"].any()
@@ -174,6 +155,24 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
     table["failed"] = [int(failed.get(m, 0)) for m in table.index]
     table.index.name = "method"
     return table
+
+
+def _with_older(table: pd.DataFrame, results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """A "<column> [older: what differs]" column right of each column with older configurations."""
+    extra: dict[str, dict[str, pd.Series]] = {}
+    for key, differs, rows in older_rows(results):
+        column = column_label(key[1], key[2], key[3], key[4])
+        values = rows[metric].dropna()
+        if values.empty:
+            continue
+        label = f"{column} [older: {differs}]"
+        cell = _cell(values.mean(), values.std() if len(values) > 1 else 0.0, len(values), "")
+        extra.setdefault(column, {}).setdefault(label, pd.Series("–", index=table.index))[key[0]] = cell
+    columns = {}
+    for column in table.columns:
+        columns[column] = table[column]
+        columns.update(extra.get(column, {}))
+    return pd.DataFrame(columns, index=table.index)
 
 
 def _with_reported(table: pd.DataFrame, long: pd.DataFrame, reported: dict[tuple, str]) -> pd.DataFrame:
@@ -228,21 +227,27 @@ def render(table: pd.DataFrame, console: Console, metric: str = "auroc") -> None
         for flag in flags:
             out.add_column(flag)
         for col in cols:
-            out.add_column(col.split(" ", 1)[1], justify="right", no_wrap=True)
+            out.add_column(escape(col.split(" ", 1)[1]), justify="right", no_wrap=True)
         out.add_column("failed", justify="right")
         for method, row in table.iterrows():
             failed = f"[red]{row['failed']}[/red]" if row["failed"] else ""
             marks = [sa_for(row[f], dataset) if f == "SA" else row[f] for f in flags]
-            out.add_row(str(method), *marks, *(str(row[c]).replace(" ± ", "±") for c in cols), failed)
+            out.add_row(str(method), *marks, *(escape(str(row[c]).replace(" ± ", "±")) for c in cols), failed)
         console.print(out)
     seen = "SA: saw a few labelled test anomalies in training (held out of every method's test set). " \
         if "SA" in flags else ""
     console.print(f"AT: adversarially trained. {seen}Robust columns: the attack at that eps, both classes attacked; "
-                  "worst-<norm>: per model, the AUROC of the per-image worst score over every attack of that norm "
-                  "at that eps (highest score of each normal, lowest of each anomaly), and the attack that won "
-                  "most images.")
-    for line in flag_legend(table) + below_chance_notes(table):
-        console.print(line)
+                  "worst-<norm>: per model, the AUROC of the per-image worst score over every candidate of that "
+                  "norm at that eps or below, the checks' included (highest score of each normal, lowest of each "
+                  "anomaly), and the candidate that won most images.")
+    for line in flag_legend(table) + below_chance_notes(table) + note_legend(table):
+        console.print(escape(line))
+
+
+def note_legend(table: pd.DataFrame) -> list[str]:
+    """The meaning of the cells' bracketed notes, when some cell has one."""
+    cells = table.drop(columns=["AT", "SA", "failed"], errors="ignore").values.ravel()
+    return [CELL_NOTES] if any("[" in str(v) for v in cells) else []
 
 
 def below_chance_notes(table: pd.DataFrame) -> list[str]:
@@ -294,16 +299,16 @@ def to_latex(table: pd.DataFrame) -> str:
                       *rows, r"\bottomrule", r"\end{tabular}", ""])
 
 
-def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc",
-          checks: pd.DataFrame | None = None, reported: dict[tuple, str] | None = None) -> list[Path]:
+def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc", checks: pd.DataFrame | None = None,
+          reported: dict[tuple, str] | None = None, configurations: bool = False) -> list[Path]:
     """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide); other metrics
     than AUROC go to leaderboard_<metric>.*."""
     folder = Path(folder)
-    table = wide(results, metric, checks, reported)
+    table = wide(results, metric, checks, reported, configurations)
     stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
-    summarize(drop_superseded_worst(results), metric).to_csv(paths[0], index=False)
-    legend = "".join(f"\n{line}\n" for line in flag_legend(table) + below_chance_notes(table)) \
+    summarize(results, metric).to_csv(paths[0], index=False)
+    legend = "".join(f"\n{line}\n" for line in flag_legend(table) + below_chance_notes(table) + note_legend(table)) \
         if not table.empty else ""
     paths[1].write_text(to_markdown(table) + legend if not table.empty else "no finished jobs\n")
     paths[2].write_text(to_latex(table) if not table.empty else "% no finished jobs\n")

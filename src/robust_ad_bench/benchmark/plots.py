@@ -124,7 +124,10 @@ def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
                     continue
                 x, mean, std = (np.array(c) for c in zip(*stats))
                 colour = plt.get_cmap("tab10")(i % 10)
-                ax.plot(x, mean, marker=MARKERS[i % len(MARKERS)], color=colour, lw=1.6, ms=5, label=method)
+                # a fall-back (a single attack standing in for the worst case) is never silent
+                label = f"{method} (fallback at {rows['fallback'].astype(bool).sum()} points)" \
+                    if rows["fallback"].astype(bool).any() else method
+                ax.plot(x, mean, marker=MARKERS[i % len(MARKERS)], color=colour, lw=1.6, ms=5, label=label)
                 ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.1, lw=0)
             ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
             ticks = sorted({0.0, *map(float, lowest.loc[lowest["norm"] == norm, "eps"])})

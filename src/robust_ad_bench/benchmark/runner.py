@@ -26,7 +26,7 @@ import numpy as np
 from robust_ad_bench.benchmark.claims import Claims
 from robust_ad_bench.benchmark.config import GridConfig, expand_grid
 from robust_ad_bench.benchmark.executors import Executor, make_executor
-from robust_ad_bench.benchmark.jobs import Job, WorstCase, certificate_key, check_key, worst_case_groups
+from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
 from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
 from robust_ad_bench.benchmark.store import Store, is_locked
 from robust_ad_bench.benchmark.tasks import (
@@ -91,14 +91,17 @@ class Runner:
             jobs = list(group)
             checks = check_key(jobs, self.cfg.checks)
             certs = certificate_key(jobs, self.cfg.certify, METHODS.get(jobs[0].method).certifiable)
-            worst = [w for w in worst_case_groups(jobs) if w.key not in auroc]
+            worst = [w for w in worst_case_groups(jobs, checks) if w.key not in auroc]
+            # a checked model's worst cases use its checks' images: missing ones run the checks again
+            pending_checks = checks if checks and (worst or not store.has_checks(checks)) else None
             task = ModelTask(
                 jobs=jobs, pending=[job for job in jobs if job.key not in auroc],
                 known={job.key: auroc[job.key] for job in jobs if job.key in auroc},
-                check_key=checks if checks and not store.has_checks(checks) else None,
+                check_key=pending_checks,
                 cert_key=certs if certs and not store.has_certified(certs) else None,
                 checks=self.cfg.checks, certify=self.cfg.certify, models=self.out / "models", device=str(self.device),
-                worst=worst, scores=stored_scores(store, worst, auroc), adversarial=self.out / "adversarial")
+                worst=worst, adversarial=self.out / "adversarial")
+            task.scores = stored_scores(store, needed_scores(task), auroc)
             if task.pending or task.check_key or task.cert_key or task.worst:
                 tasks.append(task)
         # Stochastic detectors (attacked with EOT: the costliest steps by far) start first, so that on a
@@ -154,12 +157,12 @@ class Runner:
                 summary.left -= 1
                 self.hooks.job_done(job, True)
         worst = [w for w in task.worst if w.key not in stored]
-        scores = stored_scores(store, worst, known, dict(task.scores))
+        checks = task.check_key if task.check_key and (worst or not store.has_checks(task.check_key)) else None
         fresh = dataclasses.replace(
             task, pending=[job for job in task.jobs if job.key not in known], known=known, worst=worst,
-            scores=scores,
-            check_key=task.check_key if task.check_key and not store.has_checks(task.check_key) else None,
+            check_key=checks,
             cert_key=task.cert_key if task.cert_key and not store.has_certified(task.cert_key) else None)
+        fresh.scores = stored_scores(store, needed_scores(fresh), known, dict(task.scores))
         return fresh if fresh.pending or fresh.check_key or fresh.cert_key or fresh.worst else None
 
     def write(self, fn: Callable, *args: object) -> object:
@@ -203,6 +206,12 @@ class Runner:
         elif isinstance(event, ChecksDone):
             store.put_checks(event.rows)
             summary.checked += 1
+            for result in event.worst:
+                store.put(result)
+                if result.status == "ok":
+                    summary.worst += 1
+                else:
+                    summary.failed.append((event.job, f"worst case: {result.error}"))
             if event.error:  # stored as a failed check (flagged); reported, and the grid goes on
                 self.log_failure(event.job, event.traceback)
                 summary.failed.append((event.job, event.error))
@@ -221,11 +230,19 @@ class Runner:
             log.write(trace)
 
 
-def stored_scores(store: Store, worst: list[WorstCase], known: dict[str, float],
+def needed_scores(task: ModelTask) -> set[str]:
+    """Keys of the jobs whose stored test scores ``task`` needs: every job's for its checks, else those its
+    worst cases combine."""
+    if task.check_key:
+        return {j.key for j in task.jobs}
+    return {j.key for w in task.worst for j in w.members}
+
+
+def stored_scores(store: Store, keys: set[str], known: dict[str, float] | set[str],
                   scores: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """``scores`` plus the stored test scores of the finished (``known``) jobs that ``worst`` combines."""
+    """``scores`` plus the stored test scores of the finished (``known``) jobs of ``keys``."""
     scores = scores if scores is not None else {}
-    for key in {j.key for w in worst for j in w.jobs if j.key in known and j.key not in scores}:
+    for key in {k for k in keys if k in known and k not in scores}:
         found = store.scores(key)
         if found is not None:
             scores[key] = found[1]

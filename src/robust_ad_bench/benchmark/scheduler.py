@@ -204,11 +204,11 @@ class StepScheduler:
         """A worst case can run once the jobs it combines have their scores; the checks and certificates
         once every job of the model has its AUROC."""
         task = model.task
-        for group in task.worst:
-            if group.key not in model.worst_started and all(job.key in model.scores for job in group.jobs):
+        for group in [] if task.check_key else task.worst:  # a checked model's: computed by its checks step
+            if group.key not in model.worst_started and all(job.key in model.scores for job in group.members):
                 model.worst_started.add(group.key)
                 model.ready.append(Step("worst", task, group=group,
-                                        scores={job.key: model.scores[job.key] for job in group.jobs}))
+                                        scores={job.key: model.scores[job.key] for job in group.members}))
         if model.failed or any(s.kind == "job" for s in model.ready) or any(
                 job.key not in model.auroc for job in task.jobs):
             return
@@ -216,7 +216,8 @@ class StepScheduler:
             return
         figures = {(job.attack, job.eps): model.auroc[job.key] for job in task.jobs}
         if task.check_key:
-            model.ready.append(Step("checks", task, figures=figures))
+            scores = {job.key: model.scores[job.key] for job in task.jobs if job.key in model.scores}
+            model.ready.append(Step("checks", task, figures=figures, scores=scores))
         if task.cert_key:
             model.ready.append(Step("certify", task))
 

@@ -22,14 +22,7 @@ from typing import Any
 import torch
 
 from robust_ad_bench.benchmark.checks import ERROR, CheckResult
-from robust_ad_bench.benchmark.evaluation import (
-    attack_job,
-    check_rows,
-    job_result,
-    model_certificates,
-    model_checks,
-    model_worst_case,
-)
+from robust_ad_bench.benchmark.evaluation import attack_job, check_rows, job_result, model_certificates
 from robust_ad_bench.benchmark.model_cache import ModelCache
 from robust_ad_bench.benchmark.runtime import resolve_device
 from robust_ad_bench.benchmark.tasks import (
@@ -43,6 +36,7 @@ from robust_ad_bench.benchmark.tasks import (
     Trained,
     WorstDone,
 )
+from robust_ad_bench.benchmark.verification import model_checks, model_worst_case
 from robust_ad_bench.benchmark.worst_case import AdversarialImages
 from robust_ad_bench.core.dataset import Split
 from robust_ad_bench.core.detector import Detector, ProgressFn
@@ -153,8 +147,9 @@ def run_step(step: Step, state: dict[str, torch.Tensor] | None = None, ship: boo
         return WorstDone(step.group.job(), result), None
     try:
         if step.kind == "checks":
-            return ChecksDone(first, model_checks(task.jobs, task.check_key, step.figures, detector, split,
-                                                  task.checks, device)), None
+            rows, worst = model_checks(task.jobs, task.check_key, step.scores or {}, detector, split, task.checks,
+                                       device, AdversarialImages(task.adversarial), task.worst)
+            return ChecksDone(first, rows, worst=worst), None
         return CertifiedDone(first, model_certificates(task.jobs, task.cert_key, detector, split, task.certify,
                                                        device)), None
     except Exception as exc:  # reported, and the grid goes on
@@ -175,4 +170,6 @@ def checks_failed(step: Step, message: str, trace_text: str = "") -> ChecksDone:
     flags the model) that says ``message``."""
     task = step.task
     rows = check_rows(task.jobs, task.check_key, [CheckResult("*", f"{ERROR}:checks", False, detail=message)])
-    return ChecksDone(task.first, rows, error=message, traceback=trace_text)
+    worst = [job_result(group.job(), "failed", error=f"checks failed: {message}", config=group.config)
+             for group in task.worst]  # computed with the checks: failed with them, never silently missing
+    return ChecksDone(task.first, rows, error=message, traceback=trace_text, worst=worst)

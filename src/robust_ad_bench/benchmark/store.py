@@ -202,7 +202,10 @@ class Store:
         if keys is not None:  # one model's jobs: a few dozen keys at most
             where.append(f"key IN ({', '.join('?' * len(keys))})")
             params.extend(keys)
-        query = f"SELECT {', '.join(RESULT_COLUMNS)} FROM results" + (f" WHERE {' AND '.join(where)}" if where else "")
+        # row_order: the order rows were written in (INSERT OR REPLACE gives a replaced row a new rowid), which
+        # tells the latest configuration of a leaderboard cell
+        query = (f"SELECT rowid AS row_order, {', '.join(RESULT_COLUMNS)} FROM results"
+                 + (f" WHERE {' AND '.join(where)}" if where else ""))
         frame = pd.read_sql_query(query + " ORDER BY method, dataset, normal_class, seed, attack, eps",
                                   self.conn, params=tuple(params))
         frame["adversarially_trained"] = frame["adversarially_trained"].astype(bool)

@@ -35,7 +35,8 @@ class ModelTask:
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     models: Path | None = Path("results/models")  # the model cache folder (None: the model is shipped)
     device: str = "cpu"
-    worst: list[WorstCase] = field(default_factory=list)  # per-image worst cases still to compute
+    # per-image worst cases still to compute (by the checks step when ``check_key`` is set: they use its images)
+    worst: list[WorstCase] = field(default_factory=list)
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # stored test scores of known jobs they combine
     adversarial: Path = Path("results/adversarial")  # adversarial images of stochastic detectors, by job key
 
@@ -51,7 +52,8 @@ class ModelTask:
 @dataclass
 class Step:
     """One step of a model's work; ``job`` for a job step; ``group`` and ``scores`` (its jobs' test scores)
-    for a worst case; ``figures`` ((attack, eps) -> AUROC of every job of the model) for the checks."""
+    for a worst case; ``figures`` ((attack, eps) -> AUROC of every job of the model) and ``scores`` (every
+    job's test scores) for the checks."""
 
     kind: str
     task: ModelTask
@@ -97,12 +99,14 @@ class WorstDone:
 
 @dataclass
 class ChecksDone:
-    """The checks of a model; when they raised, ``error`` (the rows hold one failed check that says so)."""
+    """The checks of a model and the worst cases computed with them (``worst``: the task's, ok or failed);
+    when they raised, ``error`` (the rows hold one failed check that says so)."""
 
     job: Job
     rows: list[CheckRow]
     error: str = ""
     traceback: str = ""
+    worst: list[JobResult] = field(default_factory=list)
 
 
 @dataclass

@@ -1,38 +1,64 @@
-"""The per-image worst case over the attacks of one trained model at one norm and eps.
+"""The per-image worst case over every candidate of one trained model at one norm and eps.
 
 RobustBench and AutoAttack count a sample as robust only if it survives every attack; for AUROC the
 analogue is, per test image, the worst of its attacked scores: the highest score of each normal image,
 the lowest of each anomaly (the highest attack objective ``score·(1 − 2y)``). Its AUROC is never above
-the lowest per-attack AUROC (AUROC only falls when normal scores rise and anomaly scores fall), and is
+the lowest per-candidate AUROC (AUROC only falls when normal scores rise and anomaly scores fall), and is
 often well below it when different attacks break different images.
 
-- Deterministic detectors: chosen and scored from the jobs' stored scores.
-- Stochastic detectors: the max over noisy scores is biased toward the attacker (each candidate's noise
-  helps it win), so the candidate is chosen on the jobs' stored scores (one set of draws) and the chosen
-  images are scored again with fresh draws. The adversarial images are therefore kept on disk
-  (``AdversarialImages``: a compact int16 form) by the run that computed them; a job whose images are
-  missing (an older store, a deleted folder) is attacked again from its own seed. A choice made on noisy
-  scores can be worse than one attack on every image, so the figure is never above the lowest single
-  attack's (then that attack's scores are stored).
+Candidates: every attack's output at that eps (each already the best of its candidates and the clean image),
+the model's attacks of the norm at smaller eps (inside the ball too: the worst case cannot rise with eps),
+and the checks' adversarial images at that eps or below (more steps, Square on the masking sample, and
+Square on every image when the masking test flagged).
+
+- Deterministic detectors: chosen and scored from the candidates' scores.
+- Stochastic detectors: candidates are chosen per image under the model's fixed draws (common random
+  numbers: every candidate scored with the same draws) and the chosen images scored again with fresh
+  draws. The adversarial images of jobs are therefore kept on disk (``AdversarialImages``: a compact int16
+  form) by the run that computed them; a job whose images are missing (an older store, a deleted folder) is
+  attacked again from its own seed. If a single candidate's own figure is still lower, it is reported, and
+  the row says so (``FALLBACK`` in its detail: the leaderboard marks the cell).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-WORST_CASE_VERSION = "2"  # 2: stochastic detectors: never above the lowest single attack
+# 3: every candidate (the checks' images, smaller eps), stochastic choices under common draws, fall-backs marked
+WORST_CASE_VERSION = "3"
+FALLBACK = "fallback:"  # in a row's attack_detail: the figure is not what the cell's label says (leaderboard mark)
 _STEPS = 32767  # int16 steps per eps
+
+
+@dataclass
+class Candidate:
+    """Adversarial test images one source gave at ``eps``: their scores (nan where it attacked no image:
+    Square on the masking sample) and, for a stochastic detector, the images (``key``: a job's, on disk)."""
+
+    name: str
+    norm: str
+    eps: float
+    scores: np.ndarray
+    key: str = ""
+    images: torch.Tensor | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether it attacked every test image (then its AUROC is a figure the worst case must not exceed)."""
+        return bool(np.isfinite(self.scores).all())
 
 
 def choose(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Per image, the index (into the K rows of ``scores``, K×N) of the attack with the highest attack
-    objective; ties go to the first attack."""
+    objective; ties go to the first attack, nan (not attacked) never wins."""
     sign = 1.0 - 2.0 * np.asarray(labels, dtype=np.float64)
-    return np.argmax(np.asarray(scores, dtype=np.float64) * sign[None, :], axis=0)
+    value = np.asarray(scores, dtype=np.float64) * sign[None, :]
+    return np.argmax(np.nan_to_num(value, nan=-np.inf), axis=0)
 
 
 def worst_scores(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +68,11 @@ def worst_scores(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
 
 
 def wins_text(names: list[str], pick: np.ndarray) -> str:
-    """``pgd:61%+square:39%``: the share of images each attack won, most first."""
+    """``pgd:61%+square:39%``: the share of images each candidate won, most first (those that won none are
+    left out)."""
     counts = np.bincount(pick, minlength=len(names))
     order = sorted(range(len(names)), key=lambda i: -counts[i])
-    return "+".join(f"{names[i]}:{100 * counts[i] / max(len(pick), 1):.0f}%" for i in order)
+    return "+".join(f"{names[i]}:{100 * counts[i] / max(len(pick), 1):.0f}%" for i in order if counts[i])
 
 
 class AdversarialImages:

@@ -65,6 +65,20 @@ def expectation(score: ScoreFn, draws: int) -> ScoreFn:
     return mean_score
 
 
+def fixed_draws(score: ScoreFn, seed: int) -> ScoreFn:
+    """``score`` evaluated under the same random draws on every call (common random numbers): the torch
+    generators are seeded with ``seed`` for the call and restored after it, so a stochastic score becomes a
+    deterministic slice of itself. Two candidates scored so are compared like with like (the same draws for
+    the same batch position), and a black-box search can climb the slice."""
+
+    def fixed(x: torch.Tensor) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return score(x)
+
+    return fixed
+
+
 def surrogate_names(detector: Any) -> list[str]:
     """Names of the smooth surrogate objectives the detector declares (none for most)."""
     declared = getattr(detector, "surrogates", None)

@@ -10,6 +10,13 @@ Surrogates: a gradient attack (not ``black_box``, with ``surrogates: true``) run
 the score and once on each surrogate the detector declares, and keeps per image the candidate with the
 highest attack objective on the TRUE score (under the same EOT); ``describe`` records which won.
 
+Every attack returns, per image, the best of its candidates and the clean image ``x`` itself on the
+attack objective (the candidate ``x``), so no attack ever makes an image less adversarial than leaving it
+alone. Candidates are judged under common random numbers on a stochastic detector: the same fixed draws
+(``common_seed``, which the benchmark derives from the trained model) for every candidate and every attack
+of that model, so a choice compares images, not noise. The output is checked to lie in the eps-ball and in
+[0, 1] (``check_budget``); an attack that leaves them fails with a message naming it and the excess.
+
 Iteration budget: ``iteration_params`` names the config fields that count iterations (steps, iters,
 queries) and ``eps_scaled_params`` those holding absolute step sizes; the sanity checks rescale both
 through ``scaled_params``, whatever the attack calls them.
@@ -30,6 +37,7 @@ from robust_ad_bench.core.adaptive import (
     attack_score,
     describe_adaptive,
     eot_draws,
+    fixed_draws,
     surrogate_names,
 )
 from robust_ad_bench.core.errors import BenchError, unknown_choice
@@ -38,6 +46,10 @@ from robust_ad_bench.core.params import build_config
 NORMS = ("linf", "l2", "none")
 TARGETS = ("both", "normal", "anomaly")  # which test images the attacker perturbs
 REFERENCE_PIXELS = 32 * 32  # batch sizes count images of this size (the embedded data's largest)
+CLEAN_CANDIDATE = "x"  # the name of the clean image among an attack's candidates
+COMMON_SEED = 0  # the fixed draws of a stochastic detector when the caller names none (the benchmark does)
+# an output farther than this outside the eps-ball or [0, 1] is a broken attack, not float rounding
+BUDGET_TOLERANCE = 1e-5
 
 
 def images_per_call(batch_size: int, image_shape: Sequence[int]) -> int:
@@ -116,12 +128,21 @@ class Attack:
             config = build_config(self.Config, config, f"attack '{self.name}'")
         self.config = config
         self.objective = ""  # "" = the true score, else the name of the surrogate being attacked
+        # seed of the fixed draws candidates of a stochastic detector are judged (and black-box searches
+        # climb) under; None: fresh draws on every call
+        self.common_seed: int | None = COMMON_SEED
         self.wins: Counter[str] = Counter()  # images won by each candidate (surrogates, ensemble parts)
 
     # -- iteration budget (read by the sanity checks) ------------------------------------------------
     @classmethod
     def is_iterative(cls, params: dict[str, Any]) -> bool:
         return bool(cls.iteration_params)
+
+    @classmethod
+    def is_white_box(cls, params: dict[str, Any]) -> bool:
+        """Whether the attack with ``params`` uses gradients only: the masking check compares Square with
+        these (an attack with a black-box part, such as the ensemble's Square, would hide the masking)."""
+        return not cls.black_box
 
     @classmethod
     def scaled_params(cls, params: dict[str, Any], steps_factor: int = 1, eps_factor: float = 1.0) -> dict[str, Any]:
@@ -147,8 +168,9 @@ class Attack:
         if self.config.target != "both":
             parts.append(f"target={self.config.target}")
         total = sum(self.wins.values())
-        if total and len(self.wins) > 1:  # several candidates competed
-            parts.append("won=" + "+".join(f"{name}:{100 * n / total:.0f}%" for name, n in self.wins.most_common()))
+        if total and sum(n > 0 for n in self.wins.values()) > 1:  # several candidates won images
+            parts.append("won=" + "+".join(f"{name}:{100 * n / total:.0f}%" for name, n in self.wins.most_common()
+                                           if n))
         return ",".join(p for p in parts if p)
 
     def score_fn(self, detector: Any) -> ScoreFn:
@@ -156,9 +178,16 @@ class Attack:
         surrogate being attacked (``self.objective``)."""
         return attack_score(detector, self.config, self.objective)
 
+    def fixed(self, detector: Any, score: ScoreFn) -> ScoreFn:
+        """``score`` under the model's fixed draws (``common_seed``) when the detector is stochastic."""
+        if getattr(detector, "stochastic", False) and self.common_seed is not None:
+            return fixed_draws(score, self.common_seed)
+        return score
+
     def selection_score(self, detector: Any) -> ScoreFn:
-        """The true score (with EOT) that candidates are judged on, whatever objective produced them."""
-        return attack_score(detector, self.config)
+        """The true score (with EOT, under the model's fixed draws) that candidates are judged on, whatever
+        objective produced them."""
+        return self.fixed(detector, attack_score(detector, self.config))
 
     def objectives(self, detector: Any) -> list[str]:
         """What ``perturb_batch`` is run on: the true score (""), then each surrogate of a gradient attack."""
@@ -178,11 +207,9 @@ class Attack:
         return out
 
     def attack_batch(self, detector: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        """One batch: the candidates, and per image the best on the true score when there are several."""
-        found = self.candidates(detector, x, y, eps)
+        """One batch: per image, the best of the candidates and ``x`` itself on the true score."""
+        found = {**self.candidates(detector, x, y, eps), CLEAN_CANDIDATE: x.detach()}
         names = list(found)
-        if len(names) == 1:
-            return found[names[0]]
         best, pick = select_best(self.selection_score(detector), found, y)
         self.wins.update({names[i]: int(n) for i, n in enumerate(torch.bincount(pick, minlength=len(names)))})
         return best
@@ -211,10 +238,29 @@ class Attack:
                 x_adv[part] = self.attack_batch(detector, x[part], y[part], eps).detach()
         finally:
             detector.train(was_training)
+        check_budget(self.name, x, x_adv, eps, self.norm)
         return x_adv
 
     def perturb_batch(self, detector: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         raise NotImplementedError
+
+
+def check_budget(attack: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:
+    """Raise when ``x_adv`` leaves the eps-ball of ``norm`` around ``x`` or [0, 1] by more than float
+    rounding (``BUDGET_TOLERANCE``, relative to eps for L2), naming the attack and the excess."""
+    if x_adv.shape != x.shape:
+        raise BenchError(f"attack '{attack}' returned shape {tuple(x_adv.shape)} for images of {tuple(x.shape)}")
+    delta = (x_adv - x).detach().flatten(1).double()
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    slack = BUDGET_TOLERANCE * (1 + eps)  # absolute for small eps, relative for large (L2) budgets
+    excess = float((size - eps).max()) if len(size) else 0.0
+    if not excess <= slack:  # also catches nan
+        raise BenchError(f"attack '{attack}' left the {norm} eps-ball: a perturbation of {excess + eps:.6g} at eps "
+                         f"{eps:.6g} (excess {excess:.3g})")
+    low, high = float(x_adv.min()) if x_adv.numel() else 0.0, float(x_adv.max()) if x_adv.numel() else 1.0
+    if not (low >= -BUDGET_TOLERANCE and high <= 1 + BUDGET_TOLERANCE):
+        raise BenchError(f"attack '{attack}' left [0, 1]: values from {low:.6g} to {high:.6g} "
+                         f"(excess {max(-low, high - 1):.3g})")
 
 
 def check_eps(eps: float) -> None:
