@@ -69,6 +69,8 @@ class Folder(Dataset):
     """Your own images: normal/ + anomalous/ (+ masks/), or train/ + test/ folders; subfolders as classes."""
 
     Options = FolderOptions
+    # 2: library decoders (16-bit files no longer clipped to white; masks checked for size and binary values)
+    version = "2"
     hidden = True  # needs a root: not part of "--datasets all"
     image_shape = (3, 256, 256)  # whatever the files hold (or ``resize``)
     default_eps = {"linf": (2 / 255, 8 / 255), "l2": (0.25, 0.5)}
@@ -154,7 +156,7 @@ class Folder(Dataset):
             out = {"normal": images[:len(normals)], "anomalous": images[len(normals):],
                    "defects": np.array(defects, dtype=str)}
             if masks:
-                out["masks"] = read_masks(masks, o.resize, o.crop)
+                out["masks"] = read_masks(masks, o.resize, o.crop, anomalies)
                 if out["masks"].shape[1:] != images.shape[2:]:
                     raise BenchError(f"dataset 'folder': masks in {folder / 'masks'} are {out['masks'].shape[1:]} "
                                      f"but images {images.shape[2:]}")

@@ -127,7 +127,8 @@ def read_category(folder: Path, layout: Layout, options: ImageOptions, dataset: 
             raise BenchError(f"dataset '{dataset}': train images of {folder} are {arrays['train'].shape[1:]} but "
                              f"test images {test_images.shape[1:]}; set 'resize' (and 'color') so they match")
         if has_masks:
-            found = read_masks([m for m in masks if m is not None], size, crop)
+            found = read_masks([m for m in masks if m is not None], size, crop,
+                               [path for (_, path), m in zip(anomalies, masks) if m is not None])
             if found.shape[1:] != test_images.shape[2:]:
                 raise BenchError(f"dataset '{dataset}': masks of {folder} are {found.shape[1:]} but images "
                                  f"{test_images.shape[2:]}")
@@ -149,6 +150,8 @@ class IndustrialDataset(Dataset):
     """Base of the datasets in the MVTec AD layout (subclasses set the categories and the layout)."""
 
     Options = IndustrialOptions
+    # 2: library decoders (16-bit files no longer clipped to white; masks checked for size and binary values)
+    version = "2"
     hidden = True  # reads files: named explicitly, not part of "--datasets all"
     image_shape = (3, 256, 256)
     default_eps = {"linf": (2 / 255, 4 / 255), "l2": (0.25, 0.5)}
