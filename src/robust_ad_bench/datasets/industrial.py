@@ -21,6 +21,7 @@ from robust_ad_bench.core.dataset import Dataset, Split
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_dataset
 from robust_ad_bench.datasets import cache
+from robust_ad_bench.datasets.decode import image_size
 from robust_ad_bench.datasets.files import (
     ImageOptions,
     as_float,
@@ -94,6 +95,40 @@ def check_category(folder: Path, layout: Layout, dataset: str) -> None:
         raise BenchError(f"dataset '{dataset}': no training images in {looked} (empty category); {expected}")
 
 
+def find_masks(folder: Path, layout: Layout, anomalies: list[tuple[str, Path]]) -> tuple[list[Path | None], bool]:
+    """The mask of each anomaly (None: it has none) and whether the category has masks at all; an anomaly
+    without its mask, where masks are expected, is an error naming both."""
+    masks = [_mask_path(folder, kind, path, layout) for kind, path in anomalies]
+    has_masks = layout.masks_required or (folder / "ground_truth").is_dir()
+    if has_masks:
+        for (kind, path), mask in zip(anomalies, masks):
+            if mask is None:
+                looked = " or ".join(str(folder / "ground_truth" / kind / p.format(stem=path.stem))
+                                     for p in layout.masks)
+                raise BenchError(f"anomaly image {path} has no mask: {looked} not found")
+    return masks, has_masks
+
+
+def anomaly_counts(folder: Path, layout: Layout) -> dict[str, int]:
+    """Test anomalies per defect type of a category folder (a listing, nothing decoded)."""
+    return {kind: len(files) for kind, files in _test_folders(folder, layout)[1].items()}
+
+
+def check_files(folder: Path, layout: Layout, options: ImageOptions, dataset: str) -> None:
+    """Before a run: the category's layout, every anomaly's mask, and a crop that fits the images when they
+    keep their size (read from one file's header)."""
+    check_category(folder, layout, dataset)
+    if (folder / "test").is_dir():
+        _, defects = _test_folders(folder, layout)
+        find_masks(folder, layout, [(kind, path) for kind, files in defects.items() for path in files])
+    if options.crop and not options.resize:
+        first = _train_images(folder, layout)[0]
+        width, height = image_size(first)
+        if options.crop > min(width, height):
+            raise BenchError(f"crop {options.crop} is larger than image {first} ({width}x{height}); set 'resize' "
+                             f"or a smaller 'crop'")
+
+
 def read_category(folder: Path, layout: Layout, options: ImageOptions, dataset: str, version: str) -> cache.Arrays:
     """Every image of one category as uint8 arrays (cached: see ``datasets.cache``)."""
     check_category(folder, layout, dataset)
@@ -104,14 +139,7 @@ def read_category(folder: Path, layout: Layout, options: ImageOptions, dataset: 
         raise BenchError(f"dataset '{dataset}': no {which} test images under {folder / 'test'}; expected layout: "
                          f"{layout.describe()}")
     anomalies = [(kind, path) for kind, files in defects.items() for path in files]
-    masks = [_mask_path(folder, kind, path, layout) for kind, path in anomalies]
-    has_masks = layout.masks_required or (folder / "ground_truth").is_dir()
-    if has_masks:
-        for (kind, path), mask in zip(anomalies, masks):
-            if mask is None:
-                looked = " or ".join(str(folder / "ground_truth" / kind / p.format(stem=path.stem))
-                                     for p in layout.masks)
-                raise BenchError(f"anomaly image {path} has no mask: {looked} not found")
+    masks, has_masks = find_masks(folder, layout, anomalies)
     files = train + normals + [p for _, p in anomalies] + ([m for m in masks if m] if has_masks else [])
     description = {"dataset": dataset, "version": version, "folder": folder.name, "layout": repr(layout),
                    "resize": options.resize, "crop": options.crop, "color": options.color,
@@ -176,7 +204,10 @@ class IndustrialDataset(Dataset):
         return self.root() / self.check_class(normal_class)
 
     def check_data(self, normal_class: str) -> None:
-        check_category(self.category(normal_class), self.layout, self.name)
+        check_files(self.category(normal_class), self.layout, self.options, self.name)
+
+    def anomaly_counts(self, normal_class: str) -> dict[str, int] | None:
+        return anomaly_counts(self.category(normal_class), self.layout)
 
     def split(self, normal_class: str, seed: int) -> Split:
         folder = self.category(normal_class)
