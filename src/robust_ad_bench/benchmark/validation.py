@@ -80,7 +80,7 @@ def _anomaly_problems(job: Job, dataset: Any) -> list[str]:
     listed = ", ".join(f"{k} {counts[k]}" for k in known)
     if split.n_anomalies > available:
         return [f"n_anomalies {split.n_anomalies} is more than the {available} test anomalies of {where} "
-                f"({listed}); hold out at most {available}"]
+                f"({listed}); hold out at most {min(available, total - 1)}"]
     if split.n_anomalies >= total:
         return [f"n_anomalies {split.n_anomalies} would take all {total} test anomalies of {where} out of its "
                 f"test set; hold out at most {total - 1}"]

@@ -50,9 +50,9 @@ class ImageOptions:
         check_size("crop", self.crop)
         check_color(self.color)
         if self.resize and self.crop > self.resize:
-            raise BenchError(f"crop {self.crop} is larger than resize {self.resize}: the crop is taken from the "
-                             f"resized {self.resize}x{self.resize} image; crop at most {self.resize} or resize to at "
-                             f"least {self.crop}")
+            raise BenchError(f"dataset option crop {self.crop} is larger than resize {self.resize}: the crop is "
+                             f"taken from the resized {self.resize}x{self.resize} image; crop at most {self.resize} "
+                             f"or resize to at least {self.crop}")
 
 
 def data_root(grid_root: str | None) -> str | None:

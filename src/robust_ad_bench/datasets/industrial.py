@@ -115,12 +115,17 @@ def anomaly_counts(folder: Path, layout: Layout) -> dict[str, int]:
 
 
 def check_files(folder: Path, layout: Layout, options: ImageOptions, dataset: str) -> None:
-    """Before a run: the category's layout, every anomaly's mask, and a crop that fits the images when they
-    keep their size (read from one file's header)."""
+    """Before a run: the category's layout, every anomaly's mask and its size, and a crop that fits the
+    images when they keep their size (sizes read from file headers)."""
     check_category(folder, layout, dataset)
     if (folder / "test").is_dir():
         _, defects = _test_folders(folder, layout)
-        find_masks(folder, layout, [(kind, path) for kind, files in defects.items() for path in files])
+        anomalies = [(kind, path) for kind, files in defects.items() for path in files]
+        masks, _ = find_masks(folder, layout, anomalies)
+        for (_, path), mask in zip(anomalies, masks):  # sizes from the headers: nothing decoded
+            if mask is not None and image_size(mask) != image_size(path):
+                (mw, mh), (iw, ih) = image_size(mask), image_size(path)
+                raise BenchError(f"mask {mask} is {mw}x{mh} but its image {path} is {iw}x{ih}")
     if options.crop and not options.resize:
         first = _train_images(folder, layout)[0]
         width, height = image_size(first)
