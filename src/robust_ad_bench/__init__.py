@@ -30,8 +30,8 @@ from robust_ad_bench.core.registry import (
     register_dataset,
     register_method,
 )
+from robust_ad_bench.core.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "ATTACKS", "DATASETS", "METHODS", "Attack", "AttackConfig", "BenchError", "Dataset", "Detector",
     "DetectorConfig", "Split", "TrainSet", "attack_objective", "evaluate", "load_detector", "load_plugin_file",
@@ -42,7 +42,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """``evaluate`` and ``load_detector``, imported when first used (PEP 562)."""
     if name in ("evaluate", "load_detector"):
-        from robust_ad_bench.benchmark import api
+        from robust_ad_bench.benchmark.api import evaluate, load_detector
 
-        return getattr(api, name)
+        return {"evaluate": evaluate, "load_detector": load_detector}[name]
     raise AttributeError(f"module 'robust_ad_bench' has no attribute '{name}'")

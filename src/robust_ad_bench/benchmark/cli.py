@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import robust_ad_bench
 from robust_ad_bench.benchmark import leaderboard, reproduce
 from robust_ad_bench.benchmark.cli_reports import (
     EXPORT_COLUMNS,
@@ -38,6 +37,7 @@ from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.benchmark.validation import validate_grid
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
+from robust_ad_bench.core.version import __version__
 from robust_ad_bench.datasets.files import DATA_ENV
 
 __all__ = ["EXPORT_COLUMNS", "build_parser", "main"]
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="load methods/attacks/datasets from a Python file (repeatable)")
     parser = argparse.ArgumentParser(prog="robust-ad-bench", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {robust_ad_bench.__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run a grid of methods × datasets × attacks")
