@@ -19,6 +19,7 @@ that cannot run for a reason of their own (a ``folder`` class whose name is not 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,7 @@ def input_shape(dataset: Any) -> tuple[int, int, int]:
 
 def _data_problems(datasets: dict[str, Any], pairs: list[tuple[str, str]]) -> tuple[list[str], set[tuple[str, str]]]:
     """Missing data, one line per cause (the classes missing for the same reason named together)."""
-    causes: dict[tuple[str, str], list[str]] = {}
+    causes: dict[tuple[str, str], list[tuple[str, str]]] = {}
     bad = set()
     for name, cls in pairs:
         try:
@@ -59,10 +60,11 @@ def _data_problems(datasets: dict[str, Any], pairs: list[tuple[str, str]]) -> tu
         except BenchError as exc:
             bad.add((name, cls))
             cause = re.sub(rf"(?<=[/\\]){re.escape(cls)}(?=[/\\ ;:]|$)", "<category>", str(exc))
-            causes.setdefault((name, cause), []).append(cls)
+            causes.setdefault((name, cause), []).append((cls, str(exc)))
     lines = []
-    for (name, cause), classes in causes.items():
-        lines.append(cause if len(classes) == 1 else f"{cause} (classes {', '.join(classes)} of '{name}')")
+    for (name, cause), found in causes.items():
+        classes = [cls for cls, _ in found]
+        lines.append(found[0][1] if len(found) == 1 else f"{cause} (classes {', '.join(classes)} of '{name}')")
     return lines, bad
 
 
@@ -119,6 +121,9 @@ def validate_grid(cfg: GridConfig, jobs: list[Job]) -> Checked:
                 for name in dict.fromkeys(job.dataset for job in jobs)}
     pairs = list(dict.fromkeys((job.dataset, job.normal_class) for job in jobs))
     for name, dataset in datasets.items():
+        if hasattr(dataset, "skipped_classes"):  # classes found in the files: list them to know what was left out
+            with contextlib.suppress(BenchError):  # a folder without classes: reported by the data checks
+                dataset.classes()
         for skipped in getattr(dataset, "skipped_classes", []):
             checked.notes.append(f"skipped class {ascii(skipped)} of dataset '{name}': its folder name is not valid "
                                  "UTF-8; rename it to run it")
