@@ -113,3 +113,29 @@ def test_a_store_of_another_schema_is_refused_unchanged(tmp_path):
     code, _, err = cli("run", "--methods", "knn", "--datasets", "digits", "--attacks", "clean", "--out", str(tmp_path))
     assert code == 2 and "it was left as it is" in err
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [STORE_FILE]
+
+
+def test_an_empty_file_and_a_schema_1_store_read_read_only(tmp_path):
+    """An empty store file reads as no rows; a store of schema 1 (before attack_detail, checks, certified)
+    reads without the ALTER TABLE a writer makes, and its file stays as it was."""
+    import sqlite3
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / STORE_FILE).write_bytes(b"")
+    with open_existing(tmp_path / "empty") as store:
+        assert store.results().empty and store.checks().empty and store.finished_keys() == set()
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / STORE_FILE) as conn:
+        conn.execute("CREATE TABLE results (key TEXT PRIMARY KEY, train_key TEXT, status TEXT, method TEXT, "
+                     "dataset TEXT, normal_class TEXT, seed INTEGER, attack TEXT, norm TEXT, eps REAL, auroc REAL, "
+                     "auroc_ci_low REAL, auroc_ci_high REAL, aupr REAL, fpr95 REAL, pixel_auroc REAL, n_test INTEGER, "
+                     "seconds REAL, error TEXT, adversarially_trained INTEGER, config TEXT, finished_at TEXT)")
+        conn.execute("INSERT INTO results VALUES ('k', 't', 'ok', 'knn', 'digits', '0', 0, 'clean', 'none', 0, 0.9, "
+                     "0.8, 1.0, 0.9, 0.1, NULL, 10, 1.0, NULL, 0, '{}', '2026-01-01T00:00:00Z')")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    before = (old / STORE_FILE).read_bytes()
+    code, out, err = cli("leaderboard", "--out", str(old))
+    assert code == 0 and "knn" in out, err
+    assert (old / STORE_FILE).read_bytes() == before

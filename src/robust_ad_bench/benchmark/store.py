@@ -174,9 +174,6 @@ class Store:
             self.conn.close()
             raise BenchError(f"{self.path} is not a results store of this tool ({what}; this tool reads schema "
                              f"{SCHEMA_VERSION}); it was left as it is: pass another --out")
-        if self.readonly and "results" not in tables:
-            self.conn.close()
-            raise BenchError(f"{self.path} holds no results yet (an empty store)")
         return version
 
     def close(self) -> None:
@@ -190,6 +187,8 @@ class Store:
 
     def finished_keys(self) -> set[str]:
         """Keys of jobs finished successfully (failed jobs are retried by the next run)."""
+        if "results" not in self._tables:
+            return set()
         return {r[0] for r in self.conn.execute("SELECT key FROM results WHERE status = 'ok'")}
 
     def put(self, result: JobResult) -> None:
@@ -225,6 +224,9 @@ class Store:
         if keys is not None:  # one model's jobs: a few dozen keys at most
             where.append(f"key IN ({', '.join('?' * len(keys))})")
             params.extend(keys)
+        if "results" not in self._tables:  # an empty file opened read-only: no rows yet
+            return pd.DataFrame({c: pd.Series(dtype=bool if c == "adversarially_trained" else object)
+                                 for c in RESULT_COLUMNS})
         columns = ", ".join(c if c in self._columns else f"NULL AS {c}" for c in RESULT_COLUMNS)
         query = f"SELECT {columns} FROM results" + (f" WHERE {' AND '.join(where)}" if where else "")
         frame = pd.read_sql_query(query + " ORDER BY method, dataset, normal_class, seed, attack, eps",
@@ -238,10 +240,14 @@ class Store:
                                   f"VALUES ({', '.join('?' * len(columns))})", rows)
 
     def _has(self, table: str, column: str, key: str) -> bool:
+        if table not in self._tables:  # an older or empty store opened read-only
+            return False
         return self.conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (key,)).fetchone() is not None
 
     def has_checks(self, check_key: str) -> bool:
         """Whether the checks of ``check_key`` are stored and none of them raised (those are run again)."""
+        if "checks" not in self._tables:
+            return False
         rows = self.conn.execute("SELECT name FROM checks WHERE check_key = ?", (check_key,)).fetchall()
         return bool(rows) and not any(name.startswith("error:") for (name,) in rows)
 
@@ -274,6 +280,8 @@ class Store:
 
     def scores(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, scores) of one job, or None."""
+        if "scores" not in self._tables:
+            return None
         row = self.conn.execute("SELECT labels, scores FROM scores WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
