@@ -14,7 +14,7 @@ import pytest
 import miniature_data as mini
 from conftest import TINY_FLOW, TINY_METHOD_PARAMS, TINY_SLA
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.config import make_grid_config, packaged_configs
+from robust_ad_bench.benchmark.config import _as_list, load_yaml, make_grid_config, packaged_configs
 from robust_ad_bench.benchmark.runner import Runner
 from robust_ad_bench.core.registry import ATTACKS, DATASETS
 from robust_ad_bench.datasets import cache
@@ -46,9 +46,30 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_dry_run_without_data(tmp_path, capsys, name):
-    assert main(["run", "--config", name, "--dry-run", "--out", str(tmp_path)]) == 0
-    assert "grid:" in capsys.readouterr().out
+def test_dry_run_without_data(tmp_path, capsys, name, monkeypatch):
+    """A dry run checks what a run checks: with no data present it fails, naming where it looked."""
+    monkeypatch.delenv("ROBUST_AD_BENCH_DATA", raising=False)
+    code = main(["run", "--config", name, "--dry-run", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    if name == "default":  # the embedded datasets: nothing to find
+        assert code == 0 and "grid: 140 jobs" in captured.out
+        return
+    err = " ".join(captured.err.split())
+    assert code == 2 and "no data root given" in err and "expected layout" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_dry_run_with_data(tmp_path, capsys, name, data_root, monkeypatch):
+    monkeypatch.setenv("ROBUST_AD_BENCH_WEIGHTS", str(tmp_path))  # no backbone weights: only configs without
+    present = {"mvtec": "bottle", "visa": "candle", "btad": "01", "cifar10": "0", "digits": "0", "textures": "brick"}
+    classes = ",".join(f"{d}:{present[d]}" for d in _as_list(load_yaml(name)["datasets"]))
+    code = main(["run", "--config", name, "--dry-run", "--out", str(tmp_path), "--data-root", str(data_root),
+                 "--classes", classes])
+    captured = capsys.readouterr()
+    if code == 2:  # a config of a pretrained backbone whose weights are not here: said before anything runs
+        assert "no pretrained weights for backbone" in captured.err
+    else:
+        assert code == 0 and "grid:" in captured.out and "sanity checks:" in captured.out
 
 
 def has_option(dataset: str, name: str) -> bool:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import miniature_data as mini
-from robust_ad_bench.benchmark import cli, leaderboard
+from robust_ad_bench.benchmark import cli_reports, leaderboard
 from robust_ad_bench.benchmark.cli import main
 from robust_ad_bench.benchmark.config import packaged_configs
 from robust_ad_bench.benchmark.papers import Figure, Paper, load_paper, paper_names, parse_paper
@@ -144,8 +144,8 @@ def test_leaderboard_reported_flag(tmp_path, capsys, monkeypatch):
     assert main(["run", "--methods", "knn", "--datasets", "digits", "--classes", "0", "--attacks", "clean",
                  "--no-checks", "--device", "cpu", "--out", out]) == 0
     figure = Figure("demo", "knn", "digits", "0", "auroc", "clean", "none", 0.0, 91.5, "Table 9", "demo paper")
-    monkeypatch.setattr(cli, "paper_names", lambda: ["demo"])
-    monkeypatch.setattr(cli, "load_paper", lambda name: Paper("demo", "Demo", "ref", [], [figure]))
+    monkeypatch.setattr(cli_reports, "paper_names", lambda: ["demo"])
+    monkeypatch.setattr(cli_reports, "load_paper", lambda name: Paper("demo", "Demo", "ref", [], [figure]))
     capsys.readouterr()
     assert main(["leaderboard", "--out", out, "--reported"]) == 0
     text = capsys.readouterr().out
@@ -157,9 +157,11 @@ def test_leaderboard_reported_flag(tmp_path, capsys, monkeypatch):
 
 def test_reproduce_lists_the_figures_of_failed_runs(tmp_path, capsys):
     mini.make_industrial(tmp_path / "mvtec", "mvtec", ("bottle",), size=20, n_train=4, n_good=2, n_defect=6)
+    bad = tmp_path / "mvtec/bottle/train/good/000.png"
+    bad.write_bytes(b"not a png")  # found only when decoding: the run fails (missing weights would stop it before)
     code = main(["reproduce", "bgad", "--data-root", str(tmp_path), "--out", str(tmp_path / "res"), "--methods",
                  "bgad", "--attacks", "clean", "--no-checks", "--device", "cpu", "--set",
-                 "dataset_params.mvtec.resize=16", "--set", f"method_params.bgad.weights={tmp_path / 'none.pth'}"])
+                 "dataset_params.mvtec.resize=16", "--set", "method_params.bgad.backbone=pretext"])
     captured = capsys.readouterr()
-    assert code == 1 and "weights file" in " ".join(captured.err.split())
+    assert code == 1 and f"cannot decode image {bad}" in " ".join(captured.err.split())
     assert "99.4" in captured.out and "99.3" in captured.out and "no result" in captured.out

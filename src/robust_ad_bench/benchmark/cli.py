@@ -1,5 +1,6 @@
-"""Command line: ``robust-ad-bench run | reproduce | list | leaderboard | audit | defects | export | plot |
-report``."""
+"""Command line: robust-ad-bench run | reproduce | list | leaderboard | audit | defects | export | plot | report.
+The commands that read a results folder are in ``cli_reports``; the dry run in ``dry_run``; what is checked
+before a run in ``validation``."""
 
 from __future__ import annotations
 
@@ -14,28 +15,34 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from robust_ad_bench.benchmark import leaderboard, reproduce
-from robust_ad_bench.benchmark.audit import audit_tables
+from robust_ad_bench.benchmark.cli_reports import (
+    EXPORT_COLUMNS,
+    cmd_audit,
+    cmd_defects,
+    cmd_export,
+    cmd_leaderboard,
+    cmd_plot,
+    cmd_report,
+    table_console,
+)
 from robust_ad_bench.benchmark.config import make_grid_config
+from robust_ad_bench.benchmark.dry_run import dry_run
 from robust_ad_bench.benchmark.execution import EXECUTORS
 from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
-from robust_ad_bench.benchmark.reported import cell_reported
-from robust_ad_bench.benchmark.reproduce import grid_data, plan
+from robust_ad_bench.benchmark.reproduce import plan
 from robust_ad_bench.benchmark.runner import Hooks, Runner, RunSummary
 from robust_ad_bench.benchmark.runtime import GracefulStop, ensure_writable
-from robust_ad_bench.benchmark.store import STORE_FILE, Store, open_existing
+from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.validation import validate_grid
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
+from robust_ad_bench.core.version import __version__
 from robust_ad_bench.datasets.files import DATA_ENV
 
-EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
-                  "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",
-                  "attack_detail", "n_test", "seconds", "key", "finished_at"]
-
-
-def table_console() -> Console:
-    """Stdout console for tables: wide when writing to a file or pipe, where wrapping helps nobody."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
+__all__ = ["EXPORT_COLUMNS", "build_parser", "main"]
+DESCRIPTION = ("Adversarially robust anomaly detectors under one attack suite: run a grid of methods x datasets x "
+               "attacks, then read its results folder (leaderboard, audit, defects, export, plot, report).")
 
 
 class RichHooks(Hooks):
@@ -79,12 +86,11 @@ def grid_flags(args: argparse.Namespace) -> dict:
                            "retries": args.retries})
 
 
-def dry_run(runner: Runner, console: Console) -> None:
-    pending = runner.jobs
-    if Path(runner.cfg.out, STORE_FILE).is_file():
-        with Store(runner.cfg.out) as store:
-            pending = runner.pending(store)
-    print_grid(runner.jobs, {j.key for j in pending}, console)
+def prepared(runner: Runner, console: Console) -> Runner:
+    """``runner`` after every check of its grid (``validation``): a ``BenchError`` of one line per problem."""
+    for note in validate_grid(runner.cfg, runner.jobs).notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    return runner
 
 
 def run_with_progress(runner: Runner, console: Console) -> RunSummary:
@@ -116,15 +122,10 @@ def print_failures(summary: RunSummary, out: str, console: Console) -> None:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     cfg = make_grid_config(args.config, args.set, **grid_flags(args), n_anomalies=args.n_anomalies,
                            known_defects=args.known_defects)
-    runner = Runner(cfg)  # validates every name and parameter before anything runs
+    runner = prepared(Runner(cfg), console)  # every name, parameter, file and method checked: nothing ran yet
     if args.dry_run:
         dry_run(runner, table_console())
         return 0
-    _, missing = grid_data(cfg)  # fail before anything runs when data is not where it should be
-    if missing:
-        raise BenchError(missing[0].line().removeprefix("skipped ") + (
-            f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + "; narrow --datasets/--classes "
-            "or fix --data-root")
     summary = run_with_progress(runner, console)
     if summary.interrupted:
         return 130
@@ -150,7 +151,7 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
             console.print(item.line(), highlight=False)
         raise BenchError(f"nothing of paper '{paper.name}' can run: no data found (see above); put it where the "
                          "lines above say, or pass --data-root DIR")
-    runners = [(run, Runner(run.cfg)) for run in runs if run.runnable]  # validates everything before running
+    runners = [(run, prepared(Runner(run.cfg), console)) for run in runs if run.runnable]  # all checked first
     failed = 0
     if args.dry_run:
         for run, runner in runners:
@@ -174,31 +175,10 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
         if not table.empty:
             target = Path(runners[0][0].cfg.out) / f"reproduce_{paper.name}.csv"
             table.to_csv(target, index=False)
-            console.print(f"wrote {target}")
+            console.print(f"wrote {target}", highlight=False)
     for item in missing:
         console.print(item.line(), highlight=False)
     return 1 if failed else 0
-
-
-def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
-    table = Table(title=f"grid: {len(jobs)} jobs, {len(pending)} to compute")
-    for col in ("method", "dataset", "classes", "seeds", "attacks (eps)", "jobs", "to compute"):
-        table.add_column(col)
-    groups: dict[tuple[str, str], list[Job]] = {}
-    for job in jobs:
-        groups.setdefault((job.method, job.dataset), []).append(job)
-    for (method, dataset), group in groups.items():
-        attacks: dict[str, list[str]] = {}
-        for j in group:
-            attacks.setdefault(j.attack, [])
-            label = leaderboard.eps_label(j.eps, j.norm)
-            if j.norm != "none" and label not in attacks[j.attack]:
-                attacks[j.attack].append(label)
-        attack_text = ", ".join(f"{a} ({', '.join(e)})" if e else a for a, e in attacks.items())
-        table.add_row(method, dataset, ",".join(dict.fromkeys(j.normal_class for j in group)),
-                      ",".join(dict.fromkeys(str(j.seed) for j in group)), attack_text, str(len(group)),
-                      str(sum(j.key in pending for j in group)))
-    console.print(table)
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
@@ -223,72 +203,6 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
-    with open_existing(args.out) as store:
-        results, checks = store.results(), store.checks()
-    figures = [f for name in paper_names() for f in load_paper(name).figures] if args.reported else []
-    shown = cell_reported(results, figures, args.metric) if figures else None
-    older = args.configurations
-    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown, older), table_console(), args.metric)
-    ensure_writable(args.out)
-    for path in leaderboard.write(results, args.out, args.metric, checks, shown, older):
-        console.print(f"wrote {path}")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace, console: Console) -> int:
-    with open_existing(args.out) as store:
-        results, checks = store.results(), store.checks()
-    out = table_console()
-    for table in audit_tables(results, checks):
-        out.print(table)
-    if results.empty:
-        console.print("[yellow]no finished jobs to audit[/yellow]")
-    return 0
-
-
-def cmd_defects(args: argparse.Namespace, console: Console) -> int:
-    from robust_ad_bench.benchmark import defects
-
-    with open_existing(args.out) as store:
-        table = defects.defect_table(store, args.data_root)
-    if table.empty:
-        console.print("[yellow]no finished jobs run with --n-anomalies (and defect names) to break down[/yellow]")
-        return 0
-    table_console().print(defects.summarize(table).to_string())
-    ensure_writable(args.out)
-    path = Path(args.out) / "defects.csv"
-    table.to_csv(path, index=False)
-    console.print(f"wrote {path}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    with open_existing(args.out) as store:
-        results = store.results()
-    target = Path(args.file) if args.file else Path(args.out) / f"export.{args.format}"
-    ensure_writable(target.parent)
-    frame = results[EXPORT_COLUMNS]
-    if args.format == "csv":
-        frame.to_csv(target, index=False)
-    else:
-        frame.to_json(target, orient="records", indent=1)
-    console.print(f"wrote {len(frame)} rows to {target}")
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace, console: Console) -> int:
-    from robust_ad_bench.benchmark import plots  # matplotlib is slow to import: only when plotting
-
-    folder = Path(args.out) / "plots"
-    ensure_writable(folder)
-    with open_existing(args.out) as store:
-        paths = plots.make_plots(store, folder)
-    for path in paths:
-        console.print(f"wrote {path}")
-    return 0
-
-
 def _number(kind: type, minimum: float = 0, strict: bool = True) -> Callable[[str], float]:
     """An argparse type: a number of ``kind`` above ``minimum`` (or at it, when not ``strict``)."""
 
@@ -304,21 +218,12 @@ def _number(kind: type, minimum: float = 0, strict: bool = True) -> Callable[[st
     return parse
 
 
-def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from robust_ad_bench.benchmark.report import build_report
-
-    ensure_writable(args.out)
-    with open_existing(args.out) as store:
-        path = build_report(store, args.out)
-    console.print(f"wrote {path}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="load methods/attacks/datasets from a Python file (repeatable)")
-    parser = argparse.ArgumentParser(prog="robust-ad-bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="robust-ad-bench", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run a grid of methods × datasets × attacks")
@@ -331,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classes", help="comma-separated normal classes, dataset:class, or all "
                                        "(default: the default grid's subset)")
     run.add_argument("--out", help="results folder (default: results)")
-    run.add_argument("--config", help="YAML file with the same options (flags override it)")
+    run.add_argument("--config", help="YAML file or packaged config name: its options replace those of the "
+                                      "default grid (the packaged 'default'), the others keep their default; "
+                                      "flags override both")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     run.add_argument("--n-anomalies", help="hold out this many labelled test anomalies per class; methods "
                                            "that need anomalies train on them (default: 0)")
@@ -395,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     dfx.add_argument("--data-root", help=f"where the datasets' files are, to rebuild the splits (default: ${DATA_ENV})")
     exp = sub.add_parser("export", parents=[common], help="write one row per job")
     exp.add_argument("--out", default="results", help="results folder (default: results)")
-    exp.add_argument("--format", default="csv", help="csv or json (default: csv)")
-    exp.add_argument("--file", help="output file (default: OUT/export.FORMAT)")
+    exp.add_argument("--format", help="csv or json (default: the --file name's suffix, else csv)")
+    exp.add_argument("--file", help="output file, its format from its suffix (.csv, .json); - for stdout "
+                                    "(default: OUT/export.FORMAT)")
     return parser
 
 
@@ -406,19 +314,22 @@ COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "list": cmd_list, "leade
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # messages never wrapped: paths stay whole in a pipe
     try:
         if args.command == "list" and args.kind and args.kind not in (*REGISTRIES, "papers"):
             raise unknown_choice("kind", args.kind, (*REGISTRIES, "papers"))
         if args.command == "leaderboard" and args.metric not in leaderboard.METRICS:
             raise unknown_choice("metric", args.metric, leaderboard.METRICS)
-        if args.command == "export" and args.format not in ("csv", "json"):
-            raise unknown_choice("export format", args.format, ("csv", "json"))
+        if getattr(args, "out", None):
+            args.out = str(Path(args.out).expanduser())
+        if getattr(args, "data_root", None):
+            args.data_root = str(Path(args.data_root).expanduser())
         for path in args.plugin:
             load_plugin_file(path)
         return COMMANDS[args.command](args, console)
     except BenchError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)  # one line, never wrapped
+        for line in str(exc).splitlines() or [""]:  # one line per problem, never wrapped
+            console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: finished jobs are in the store; run again to resume")

@@ -77,10 +77,17 @@ def parse_eps_spec(spec: Any) -> dict[str, list[float]] | None:
         for norm, values in spec.items():
             if norm not in NORMS[:2]:
                 raise unknown_choice("norm in eps", norm, NORMS[:2])
-            out[norm] = [parse_eps(v) for v in _as_list(values)]
+            out[norm] = _unique_eps(parse_eps(v) for v in _as_list(values))
         return out
-    values = [parse_eps(v) for v in _as_list(spec)]
+    values = _unique_eps(parse_eps(v) for v in _as_list(spec))
+    if not values:
+        raise BenchError(f"eps: no budgets given in {spec!r}")
     return {"linf": values, "l2": values}
+
+
+def _unique_eps(values: Any) -> list[float]:
+    """Budgets in the order given, each once (``8/255,8/255`` or ``8/255,0.0313725490196`` is one job)."""
+    return list({round(v, 10): v for v in values}.values())
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -91,6 +98,39 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _names(value: Any, option: str) -> list[str]:
+    """A list of names (``a,b``, a YAML list, or one name); a mapping or a nested list is an error."""
+    items = _as_list(value)
+    for item in items:
+        if isinstance(item, (dict, list, tuple, set)) or item is None or isinstance(item, bool):
+            hint = f"; their parameters go in {option[:-1]}_params" if option in ("methods", "attacks") else ""
+            raise BenchError(f"{option} must be a list of names (or 'all'), got {value!r}{hint}")
+    names = [str(item).strip() for item in items]
+    if not any(names):
+        raise BenchError(f"{option}: no names given in {value!r}")
+    return names
+
+
+MAX_SEED = 2**63 - 1  # the store keeps seeds as SQLite integers (64-bit signed)
+
+
+def _seeds(value: Any) -> list[int]:
+    seeds = []
+    for item in _as_list(value):
+        try:
+            if isinstance(item, (bool, float)) or item is None:
+                raise ValueError
+            seed = int(str(item).strip())
+        except (TypeError, ValueError):
+            raise BenchError(f"seeds must be integers, got {value!r}") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise BenchError(f"seed {seed} is out of range: seeds are integers from 0 to {MAX_SEED}")
+        seeds.append(seed)
+    if not seeds:
+        raise BenchError(f"seeds: no seeds given in {value!r}")
+    return list(dict.fromkeys(seeds))  # each seed once
+
+
 def packaged_configs() -> dict[str, Path]:
     """The YAML configs shipped in ``robust_ad_bench/configs`` (default grid, paper protocols)."""
     folder = Path(__file__).resolve().parent.parent / "configs"
@@ -99,7 +139,7 @@ def packaged_configs() -> dict[str, Path]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file, or the name of a packaged config (``--config default``)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists() and path.suffix == "" and len(path.parts) == 1:
         packaged = packaged_configs()
         if str(path) not in packaged:
@@ -150,23 +190,24 @@ def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
 
 def make_grid_config(yaml_path: str | None = None, sets: list[str] | None = None,
                      execution: dict[str, Any] | None = None, **overrides: Any) -> GridConfig:
-    """YAML options (the packaged ``default`` grid when no file is given), then ``--set`` options, then CLI
-    flags (those not None) on top; ``execution`` flags are merged into the YAML's ``execution`` section."""
-    data = apply_sets(load_yaml(yaml_path or "default"), sets)
+    """The packaged ``default`` grid, the options of the YAML file ``yaml_path`` on top of it (each option
+    the file names replaces the default's), then ``--set`` options, then CLI flags (those not None);
+    ``execution`` flags are merged into the ``execution`` section."""
+    data = load_yaml("default")
+    if yaml_path and yaml_path != "default":
+        data.update(load_yaml(yaml_path))
+    data = apply_sets(data, sets)
     data.update({k: v for k, v in overrides.items() if v is not None})
     if execution:
         section = data.get("execution")
         data["execution"] = {**(section if isinstance(section, dict) else {}),
                              **{k: v for k, v in execution.items() if v is not None}}
-    for key in ("methods", "datasets", "attacks", "seeds"):
+    for key in ("methods", "datasets", "attacks"):
         if key in data:
-            data[key] = _as_list(data[key])
+            data[key] = _names(data[key], key)
     if data.get("known_defects") is not None:
-        data["known_defects"] = _per_dataset_option(data["known_defects"], _as_list)
-    try:
-        data["seeds"] = [int(s) for s in data.get("seeds", [0])]
-    except (TypeError, ValueError):
-        raise BenchError(f"seeds must be integers, got {data.get('seeds')!r}") from None
+        data["known_defects"] = _per_dataset_option(data["known_defects"], lambda v: _names(v, "known_defects"))
+    data["seeds"] = _seeds(data.get("seeds", [0]))
     data["eps"] = parse_eps_spec(data.get("eps"))
     data["n_anomalies"] = _per_dataset_option(data.get("n_anomalies", 0), _anomaly_count)
     counts = data["n_anomalies"].values() if isinstance(data["n_anomalies"], dict) else [data["n_anomalies"]]
@@ -175,22 +216,33 @@ def make_grid_config(yaml_path: str | None = None, sets: list[str] | None = None
         raise BenchError(f"eval_samples must be an integer >= 1, got {eval_samples!r}")
     if data.get("known_defects") and not any(counts):
         raise BenchError("known_defects is set but n_anomalies is 0; give n_anomalies too")
-    if isinstance(data.get("classes"), str):
-        data["classes"] = _as_list(data["classes"])
-    if data.get("classes") == ["all"]:
-        data["classes"] = None  # every class of every dataset
+    data["classes"] = _classes_option(data.get("classes"))
     for key in ("method_params", "attack_params", "dataset_params"):
         if not isinstance(data.get(key, {}), dict):
             raise BenchError(f"{key} must be a mapping of name -> parameters")
         for name, params in data.get(key, {}).items():
             if params is not None and not isinstance(params, dict):
                 raise BenchError(f"{key}.{name} must be a mapping of parameters, got {params!r}")
-    if data.get("data_root") is not None:
-        data["data_root"] = str(data["data_root"])
+    for key in ("data_root", "out"):  # "~/x" is the home folder's x, here as in a shell
+        if data.get(key) is not None:
+            data[key] = str(Path(str(data[key])).expanduser())
     data["checks"] = _section(data.get("checks"), CheckConfig, "checks", off={"enabled": False})
     data["certify"] = _section(data.get("certify"), CertifyConfig, "certify", off={"methods": "none"})
     data["execution"] = _section(data.get("execution"), ExecutionConfig, "execution", off={})
     return GridConfig(**data)
+
+
+def _classes_option(value: Any) -> dict[str, list[str]] | list[str] | None:
+    """``all``/None (every class), a flat list (``0,digits:3``), or a mapping dataset -> classes."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {str(ds): (None if v is None or v == "all" else [str(c) for c in _as_list(v)])
+                for ds, v in value.items()}
+    items = [str(c).strip() for c in _as_list(value)]
+    if not any(items):
+        raise BenchError(f"classes: no classes given in {value!r}; name some (e.g. digits:3) or 'all'")
+    return None if items == ["all"] else [c for c in items if c]
 
 
 def _anomaly_count(value: Any) -> int:
@@ -240,15 +292,21 @@ def classes_for(cfg: GridConfig, dataset: Any) -> list[str]:
             if name not in cfg.datasets and name not in DATASETS:
                 raise unknown_choice("dataset in classes", name, DATASETS.names())
         chosen = spec.get(dataset.name)
-        return dataset.classes() if chosen is None else [dataset.check_class(c) for c in _as_list(chosen)]
+        return dataset.classes() if chosen is None else list(dict.fromkeys(dataset.check_class(c) for c in chosen))
     # one flat list: "digits:3" entries are scoped to a dataset, plain entries apply to every dataset
+    grid = DATASETS.resolve(cfg.datasets)
     picked = []
     for item in (str(c) for c in spec):
         name, _, cls = item.rpartition(":")
+        if name and name not in DATASETS:
+            raise unknown_choice(f"dataset in class '{item}'", name, DATASETS.names())
+        if name and name not in grid:
+            raise BenchError(f"class '{item}' names dataset '{name}', which is not in the grid (datasets: "
+                             f"{', '.join(grid)}); add it to --datasets or drop the class")
         if name and name != dataset.name:
             continue
         picked.append(dataset.check_class(cls))
-    return picked
+    return list(dict.fromkeys(picked))
 
 
 def _protocol(cfg: GridConfig) -> tuple[str, float | None]:
@@ -312,4 +370,4 @@ def expand_grid(cfg: GridConfig) -> list[Job]:
                         for eps in eps_list:
                             jobs.append(Job.build(model, AttackSpec(a, attack.version, attack_cfgs[a], norm,
                                                                     float(eps)), draws))
-    return jobs
+    return list({job.key: job for job in jobs}.values())  # a job asked for twice is computed once

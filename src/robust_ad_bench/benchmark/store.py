@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.request import pathname2url
 
 import numpy as np
 import pandas as pd
@@ -134,20 +135,21 @@ def locked_error(path: Path, timeout: float) -> BenchError:
 class Store:
     """The SQLite store of one results folder."""
 
-    def __init__(self, folder: str | Path, timeout: float = 30.0) -> None:
+    def __init__(self, folder: str | Path, timeout: float = 30.0, readonly: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / STORE_FILE
+        self.readonly = readonly
         try:
-            self.conn = sqlite3.connect(self.path, timeout=timeout)  # busy timeout: waits for other writers
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, SCHEMA_VERSION):
-                raise BenchError(f"{self.path} has schema version {version}; this tool reads {SCHEMA_VERSION}")
-            if version == 1:  # a store written before attack_detail existed
-                self.conn.execute("ALTER TABLE results ADD COLUMN attack_detail TEXT")
-            self.conn.executescript(_SCHEMA)
+            self.conn = _connect_readonly(self.path, timeout) if readonly else sqlite3.connect(self.path,
+                                                                                              timeout=timeout)
+            version = self._check_schema()
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.execute("PRAGMA foreign_keys=ON")
+                if version == 1:  # a store written before attack_detail existed
+                    self.conn.execute("ALTER TABLE results ADD COLUMN attack_detail TEXT")
+                self.conn.executescript(_SCHEMA)
         except sqlite3.OperationalError as exc:
             if is_locked(exc):
                 raise locked_error(self.path, timeout) from exc
@@ -155,6 +157,24 @@ class Store:
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: never overwritten
             raise BenchError(f"cannot open the results store {self.path}: {exc}; the file was left as it is "
                              "(move it away to start a new store)") from exc
+        self._columns = {row[1] for row in self.conn.execute("PRAGMA table_info(results)")}
+        self._tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _check_schema(self) -> int:
+        """The store's schema version; a file of another schema (another tool's database, a newer store) is
+        a ``BenchError`` naming it, raised before anything is written."""
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(results)")}
+        ours = tables <= {"results", "scores", "checks", "certified", "claims"} and (
+            not tables or {"key", "train_key", "status", "method"} <= columns)
+        if version not in (0, 1, SCHEMA_VERSION) or not ours:
+            what = f"schema version {version}" if version not in (0, 1, SCHEMA_VERSION) else \
+                f"tables {', '.join(sorted(tables)) or '(none)'}"
+            self.conn.close()
+            raise BenchError(f"{self.path} is not a results store of this tool ({what}; this tool reads schema "
+                             f"{SCHEMA_VERSION}); it was left as it is: pass another --out")
+        return version
 
     def close(self) -> None:
         self.conn.close()
@@ -167,6 +187,8 @@ class Store:
 
     def finished_keys(self) -> set[str]:
         """Keys of jobs finished successfully (failed jobs are retried by the next run)."""
+        if "results" not in self._tables:
+            return set()
         return {r[0] for r in self.conn.execute("SELECT key FROM results WHERE status = 'ok'")}
 
     def put(self, result: JobResult) -> None:
@@ -202,10 +224,13 @@ class Store:
         if keys is not None:  # one model's jobs: a few dozen keys at most
             where.append(f"key IN ({', '.join('?' * len(keys))})")
             params.extend(keys)
+        if "results" not in self._tables:  # an empty file opened read-only: no rows yet
+            return pd.DataFrame({c: pd.Series(dtype=bool if c == "adversarially_trained" else object)
+                                 for c in ("row_order", *RESULT_COLUMNS)})
         # row_order: the order rows were written in (INSERT OR REPLACE gives a replaced row a new rowid), which
         # tells the latest configuration of a leaderboard cell
-        query = (f"SELECT rowid AS row_order, {', '.join(RESULT_COLUMNS)} FROM results"
-                 + (f" WHERE {' AND '.join(where)}" if where else ""))
+        columns = ", ".join(c if c in self._columns else f"NULL AS {c}" for c in RESULT_COLUMNS)
+        query = f"SELECT rowid AS row_order, {columns} FROM results" + (f" WHERE {' AND '.join(where)}" if where else "")
         frame = pd.read_sql_query(query + " ORDER BY method, dataset, normal_class, seed, attack, eps",
                                   self.conn, params=tuple(params))
         frame["adversarially_trained"] = frame["adversarially_trained"].astype(bool)
@@ -217,10 +242,14 @@ class Store:
                                   f"VALUES ({', '.join('?' * len(columns))})", rows)
 
     def _has(self, table: str, column: str, key: str) -> bool:
+        if table not in self._tables:  # an older or empty store opened read-only
+            return False
         return self.conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (key,)).fetchone() is not None
 
     def has_checks(self, check_key: str) -> bool:
         """Whether the checks of ``check_key`` are stored and none of them raised (those are run again)."""
+        if "checks" not in self._tables:
+            return False
         rows = self.conn.execute("SELECT name FROM checks WHERE check_key = ?", (check_key,)).fetchall()
         return bool(rows) and not any(name.startswith("error:") for (name,) in rows)
 
@@ -233,6 +262,8 @@ class Store:
                                   f"VALUES ({', '.join('?' * len(CHECK_COLUMNS))})", [astuple(r) for r in rows])
 
     def checks(self) -> pd.DataFrame:
+        if "checks" not in self._tables:  # a schema-1 store opened read-only
+            return pd.DataFrame({c: pd.Series(dtype=bool if c == "passed" else object) for c in CHECK_COLUMNS})
         frame = pd.read_sql_query(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks", self.conn)
         frame["passed"] = frame["passed"].astype(bool)
         return frame
@@ -245,19 +276,42 @@ class Store:
         self._insert("certified", CERTIFIED_COLUMNS, [astuple(r) for r in rows])
 
     def certified(self) -> pd.DataFrame:
+        if "certified" not in self._tables:
+            return pd.DataFrame(columns=list(CERTIFIED_COLUMNS))
         return pd.read_sql_query(f"SELECT {', '.join(CERTIFIED_COLUMNS)} FROM certified", self.conn)
 
     def scores(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, scores) of one job, or None."""
+        if "scores" not in self._tables:
+            return None
         row = self.conn.execute("SELECT labels, scores FROM scores WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         return np.frombuffer(row[0], np.uint8).copy(), np.frombuffer(row[1], np.float32).copy()
 
 
+def _connect_readonly(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection that cannot write ``path``: ``mode=ro``. While a run writes the store (its ``-wal``
+    file is there), through SQLite's locks, so that what it committed is seen; otherwise ``immutable=1``,
+    which needs no ``-shm``/``-wal`` files: nothing is created beside the store and a read-only folder
+    works (a plain ``mode=ro`` would leave both files behind, or fail where it cannot create them)."""
+    uri = "file:" + pathname2url(str(path.resolve())) + "?mode=ro"
+    live = path.with_name(path.name + "-wal").exists()
+    try:
+        conn = sqlite3.connect(uri if live else uri + "&immutable=1", timeout=timeout, uri=True)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        if not live:
+            raise
+        # a -wal file in a folder where the -shm cannot be made: read the last checkpointed state
+        conn = sqlite3.connect(uri + "&immutable=1", timeout=timeout, uri=True)
+    return conn
+
+
 def open_existing(folder: str | Path) -> Store:
-    """Open the store of a results folder that must already hold one (for leaderboard, export, plot)."""
-    path = Path(folder) / STORE_FILE
+    """Open the store of a results folder that must already hold one, read-only (for leaderboard, export,
+    plot, audit, defects, report, dry runs): the file is never changed, and a read-only folder works."""
+    path = Path(folder).expanduser() / STORE_FILE
     if not path.is_file():
         raise BenchError(f"no results in '{folder}' (expected {path}); run `robust-ad-bench run --out {folder}`")
-    return Store(folder)
+    return Store(path.parent, readonly=True)

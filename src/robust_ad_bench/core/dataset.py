@@ -106,6 +106,12 @@ class Dataset:
         """Raise a ``BenchError`` naming the expected layout when the files of ``normal_class`` are not
         there (cheap: looks at folders, decodes nothing). Datasets that need no files pass."""
 
+    def anomaly_counts(self, normal_class: str) -> dict[str, int] | None:
+        """The test anomalies of ``normal_class`` per defect type, counted cheaply (nothing decoded), so
+        that ``n_anomalies`` and ``known_defects`` are checked before a run; None: known only once the
+        split is made."""
+        return None
+
     def classes(self) -> list[str]:
         """The normal classes or categories, as strings (CLI ``--classes`` picks among them)."""
         raise NotImplementedError

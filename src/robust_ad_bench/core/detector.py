@@ -47,6 +47,9 @@ class Detector(nn.Module):
     # (its README gives the measured reason)
     below_chance_note: ClassVar[str] = ""
     hidden: ClassVar[bool] = False  # left out of ``--methods all`` (test doubles)
+    # the smallest image side (px) the method takes, checked before a run (e.g. 8 for the conv encoders;
+    # a tabular dataset's 1-px "images" are refused then, not when training)
+    min_image_size: ClassVar[int] = 1
 
     def __init__(self, image_shape: tuple[int, int, int], config: Any = None) -> None:
         super().__init__()

@@ -121,7 +121,7 @@ def loaded_plugin_files() -> list[str]:
 
 def load_plugin_file(path: str | Path) -> None:
     """Import one Python file whose decorators register methods, attacks or datasets."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.suffix != ".py" or not path.is_file():
         raise BenchError(f"plugin '{path}' is not a Python file (expected an existing path/to/file.py)")
     module_name = f"robust_ad_bench_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"

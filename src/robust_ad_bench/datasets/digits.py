@@ -59,6 +59,10 @@ class Digits(Dataset):
     def classes(self) -> list[str]:
         return [str(d) for d in range(10)]
 
+    def anomaly_counts(self, normal_class: str) -> dict[str, int] | None:
+        digit = int(self.check_class(normal_class))
+        return {f"digit-{d}": self.options.anomalies_per_digit for d in range(10) if d != digit}
+
     def split(self, normal_class: str, seed: int) -> Split:
         normal_class = self.check_class(normal_class)
         digit = int(normal_class)

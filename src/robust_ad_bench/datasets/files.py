@@ -5,11 +5,13 @@ dataset's own folder), else a known subfolder of the grid's data root (``--data-
 ``$ROBUST_AD_BENCH_DATA``). A missing root is a one-line ``BenchError`` that names the expected layout and
 every place looked at. Nothing is downloaded here.
 
-Images are decoded with Pillow, converted to the requested colour mode (``gray``: ITU-R 601-2 luma, as
-Pillow's ``L``; ``rgb``: gray repeated), resized to N×N with Pillow's bilinear filter (antialiased when
-shrinking: what torchvision's ``Resize`` does to PIL images), then center-cropped as torchvision's
-``CenterCrop`` (offsets rounded). Masks go through the same geometry with nearest-neighbour resizing.
-A file that cannot be decoded (corrupt, truncated) raises a ``BenchError`` naming it.
+Images are decoded by library decoders (``datasets.decode``: 8-bit files to uint8, 16-bit ones to uint16,
+nothing clipped), converted to the requested colour mode (``gray``: ITU-R 601-2 luma, as Pillow's ``L``;
+``rgb``: gray repeated), resized to N×N with Pillow's bilinear filter (antialiased when shrinking: what
+torchvision's ``Resize`` does to PIL images), then center-cropped as torchvision's ``CenterCrop`` (offsets
+rounded). Masks go through the same geometry with nearest-neighbour resizing; a mask of another size than
+its image, or one that is not binary, is an error. A file that cannot be decoded (corrupt, truncated)
+raises a ``BenchError`` naming it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from robust_ad_bench.core.errors import BenchError, unknown_choice
+from robust_ad_bench.datasets import decode
 
 DATA_ENV = "ROBUST_AD_BENCH_DATA"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -46,6 +49,10 @@ class ImageOptions:
         check_size("resize", self.resize)
         check_size("crop", self.crop)
         check_color(self.color)
+        if self.resize and self.crop > self.resize:
+            raise BenchError(f"dataset option crop {self.crop} is larger than resize {self.resize}: the crop is "
+                             f"taken from the resized {self.resize}x{self.resize} image; crop at most {self.resize} "
+                             f"or resize to at least {self.crop}")
 
 
 def data_root(grid_root: str | None) -> str | None:
@@ -96,18 +103,8 @@ def check_size(name: str, value: int) -> int:
     return value
 
 
-def _open(path: Path):  # -> PIL.Image.Image
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(path)
-        image.load()  # decode now: a truncated or corrupt file fails here, with its name
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
-        raise BenchError(f"cannot decode image {path}: {exc}") from None
-    return image
-
-
 def geometry(image, resize: int, crop: int, resample: int, path: Path | str):  # -> PIL.Image.Image
+    """Resize then center-crop a Pillow image (the in-memory transforms of ``datasets.transforms``)."""
     if resize:
         image = image.resize((resize, resize), resample)
     if crop:
@@ -120,26 +117,13 @@ def geometry(image, resize: int, crop: int, resample: int, path: Path | str):  #
 
 
 def read_image(path: Path, color: str, resize: int, crop: int) -> np.ndarray:
-    """One image as a C×H×W uint8 array after the colour conversion, resize and crop."""
-    from PIL import Image
-
-    image = _open(path)
-    mode = image.mode
-    if color == "gray" or (color == "" and mode in ("L", "1", "LA", "I", "I;16", "F")):
-        image = image.convert("L")
-    else:
-        image = image.convert("RGB")
-    image = geometry(image, resize, crop, Image.Resampling.BILINEAR, path)
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    """One image as a C×H×W array (uint8, or uint16 for 16-bit files) after colour, resize and crop."""
+    return decode.read_image(path, color, resize, crop)
 
 
-def read_mask(path: Path, resize: int, crop: int) -> np.ndarray:
-    """A ground-truth mask as an H×W bool array (any non-zero pixel is anomalous)."""
-    from PIL import Image
-
-    image = geometry(_open(path).convert("L"), resize, crop, Image.Resampling.NEAREST, path)
-    return np.asarray(image) > 0
+def read_mask(path: Path, resize: int, crop: int, image: Path | None = None) -> np.ndarray:
+    """A ground-truth mask as an H×W bool array; ``image``: the image it belongs to (same size required)."""
+    return decode.read_mask(path, image, resize, crop)
 
 
 def _workers() -> int:
@@ -154,9 +138,12 @@ def read_images(paths: Sequence[Path], color: str, resize: int, crop: int) -> np
     return stack(arrays, paths, "image")
 
 
-def read_masks(paths: Sequence[Path], resize: int, crop: int) -> np.ndarray:
+def read_masks(paths: Sequence[Path], resize: int, crop: int, images: Sequence[Path | None] | None = None
+               ) -> np.ndarray:
+    """Masks as N×H×W bool; ``images[i]`` is the image of ``paths[i]`` (its size is checked)."""
+    pairs = list(zip(paths, images or [None] * len(paths)))
     with ThreadPoolExecutor(_workers()) as pool:
-        arrays = list(pool.map(lambda p: read_mask(p, resize, crop), paths))
+        arrays = list(pool.map(lambda pair: read_mask(pair[0], resize, crop, pair[1]), pairs))
     return stack(arrays, paths, "mask")
 
 
@@ -171,6 +158,8 @@ def stack(arrays: list[np.ndarray], paths: Sequence[Path], what: str) -> np.ndar
     channels = {a.shape[0] for a in arrays if a.ndim == 3}
     if len(channels) > 1:  # some gray, some colour files: promote the gray ones to RGB
         arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
+    if any(a.dtype == np.uint16 for a in arrays):  # some 16-bit files: 8-bit x 257 is the same value exactly
+        arrays = [a.astype(np.uint16) * 257 if a.dtype == np.uint8 else a for a in arrays]
     return np.stack(arrays)
 
 
@@ -180,5 +169,7 @@ def odd_size(arrays: list[np.ndarray], paths: Sequence[Path], path: Path) -> str
 
 
 def as_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 N×C×H×W → float32 in [0, 1] (a new tensor: the cached uint8 array stays untouched)."""
+    """uint8 or uint16 N×C×H×W → float32 in [0, 1] (a new tensor: the cached array stays untouched)."""
+    if images.dtype == np.uint16:
+        return torch.from_numpy(images.astype(np.float32)).div_(65535.0)
     return torch.from_numpy(images).float().div_(255.0)

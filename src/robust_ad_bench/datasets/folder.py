@@ -30,7 +30,7 @@ from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_dataset
 from robust_ad_bench.datasets import cache
 from robust_ad_bench.datasets.files import IMAGE_SUFFIXES, ImageOptions, data_root, read_images, read_masks
-from robust_ad_bench.datasets.industrial import Layout, arrays_to_split, read_category
+from robust_ad_bench.datasets.industrial import Layout, anomaly_counts, arrays_to_split, check_files, read_category
 
 MVTEC_LIKE = Layout(good=("good", "normal", "ok"), masks=("{stem}_mask.png", "{stem}.png"), masks_required=False,
                     flat_train=True)
@@ -59,6 +59,14 @@ def _kind(folder: Path) -> str | None:
     return None
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the name (surrogate escapes)
+        return False
+    return True
+
+
 def _images_below(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
@@ -69,12 +77,15 @@ class Folder(Dataset):
     """Your own images: normal/ + anomalous/ (+ masks/), or train/ + test/ folders; subfolders as classes."""
 
     Options = FolderOptions
+    # 2: library decoders (16-bit files no longer clipped to white; masks checked for size and binary values)
+    version = "2"
     hidden = True  # needs a root: not part of "--datasets all"
     image_shape = (3, 256, 256)  # whatever the files hold (or ``resize``)
     default_eps = {"linf": (2 / 255, 8 / 255), "l2": (0.25, 0.5)}
 
     def __init__(self, options: FolderOptions | None = None) -> None:
         self.options = options or FolderOptions()
+        self.skipped_classes: list[str] = []  # subfolders whose names are not valid UTF-8
 
     def root(self) -> Path:
         given = self.options.root or data_root(self.data_root)
@@ -91,8 +102,14 @@ class Folder(Dataset):
         if _kind(root):
             return [SINGLE]
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and _kind(p))
+        # a class is a name in the store, the leaderboard and the terminal: one that is not valid UTF-8
+        # (a file system's raw bytes) is skipped and reported, the other classes run
+        self.skipped_classes = [n for n in found if not _utf8(n)]
+        found = [n for n in found if _utf8(n)]
         if not found:
-            raise BenchError(f"dataset 'folder': {root} holds neither layout; expected layout: {LAYOUT}")
+            skipped = f" (skipped, names not UTF-8: {', '.join(map(ascii, self.skipped_classes))})" \
+                if self.skipped_classes else ""
+            raise BenchError(f"dataset 'folder': {root} holds neither layout{skipped}; expected layout: {LAYOUT}")
         return found
 
     def key_params(self) -> dict[str, Any]:
@@ -108,7 +125,19 @@ class Folder(Dataset):
         return root if normal_class == SINGLE else root / self.check_class(normal_class)
 
     def check_data(self, normal_class: str) -> None:
-        self.check_class(normal_class)
+        folder = self.category(self.check_class(normal_class))
+        if _kind(folder) == "train-test":
+            check_files(folder, MVTEC_LIKE, self.options, self.name)
+
+    def anomaly_counts(self, normal_class: str) -> dict[str, int] | None:
+        folder = self.category(self.check_class(normal_class))
+        if _kind(folder) == "train-test":
+            return anomaly_counts(folder, MVTEC_LIKE)
+        counts: dict[str, int] = {}
+        for path in _images_below(folder / "anomalous"):
+            kind = path.parent.name if path.parent != folder / "anomalous" else "anomalous"
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def split(self, normal_class: str, seed: int) -> Split:
         folder = self.category(self.check_class(normal_class))
@@ -154,7 +183,7 @@ class Folder(Dataset):
             out = {"normal": images[:len(normals)], "anomalous": images[len(normals):],
                    "defects": np.array(defects, dtype=str)}
             if masks:
-                out["masks"] = read_masks(masks, o.resize, o.crop)
+                out["masks"] = read_masks(masks, o.resize, o.crop, anomalies)
                 if out["masks"].shape[1:] != images.shape[2:]:
                     raise BenchError(f"dataset 'folder': masks in {folder / 'masks'} are {out['masks'].shape[1:]} "
                                      f"but images {images.shape[2:]}")

@@ -21,6 +21,7 @@ from robust_ad_bench.core.dataset import Dataset, Split
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_dataset
 from robust_ad_bench.datasets import cache
+from robust_ad_bench.datasets.decode import image_size
 from robust_ad_bench.datasets.files import (
     ImageOptions,
     as_float,
@@ -94,6 +95,45 @@ def check_category(folder: Path, layout: Layout, dataset: str) -> None:
         raise BenchError(f"dataset '{dataset}': no training images in {looked} (empty category); {expected}")
 
 
+def find_masks(folder: Path, layout: Layout, anomalies: list[tuple[str, Path]]) -> tuple[list[Path | None], bool]:
+    """The mask of each anomaly (None: it has none) and whether the category has masks at all; an anomaly
+    without its mask, where masks are expected, is an error naming both."""
+    masks = [_mask_path(folder, kind, path, layout) for kind, path in anomalies]
+    has_masks = layout.masks_required or (folder / "ground_truth").is_dir()
+    if has_masks:
+        for (kind, path), mask in zip(anomalies, masks):
+            if mask is None:
+                looked = " or ".join(str(folder / "ground_truth" / kind / p.format(stem=path.stem))
+                                     for p in layout.masks)
+                raise BenchError(f"anomaly image {path} has no mask: {looked} not found")
+    return masks, has_masks
+
+
+def anomaly_counts(folder: Path, layout: Layout) -> dict[str, int]:
+    """Test anomalies per defect type of a category folder (a listing, nothing decoded)."""
+    return {kind: len(files) for kind, files in _test_folders(folder, layout)[1].items()}
+
+
+def check_files(folder: Path, layout: Layout, options: ImageOptions, dataset: str) -> None:
+    """Before a run: the category's layout, every anomaly's mask and its size, and a crop that fits the
+    images when they keep their size (sizes read from file headers)."""
+    check_category(folder, layout, dataset)
+    if (folder / "test").is_dir():
+        _, defects = _test_folders(folder, layout)
+        anomalies = [(kind, path) for kind, files in defects.items() for path in files]
+        masks, _ = find_masks(folder, layout, anomalies)
+        for (_, path), mask in zip(anomalies, masks):  # sizes from the headers: nothing decoded
+            if mask is not None and image_size(mask) != image_size(path):
+                (mw, mh), (iw, ih) = image_size(mask), image_size(path)
+                raise BenchError(f"mask {mask} is {mw}x{mh} but its image {path} is {iw}x{ih}")
+    if options.crop and not options.resize:
+        first = _train_images(folder, layout)[0]
+        width, height = image_size(first)
+        if options.crop > min(width, height):
+            raise BenchError(f"crop {options.crop} is larger than image {first} ({width}x{height}); set 'resize' "
+                             f"or a smaller 'crop'")
+
+
 def read_category(folder: Path, layout: Layout, options: ImageOptions, dataset: str, version: str) -> cache.Arrays:
     """Every image of one category as uint8 arrays (cached: see ``datasets.cache``)."""
     check_category(folder, layout, dataset)
@@ -104,14 +144,7 @@ def read_category(folder: Path, layout: Layout, options: ImageOptions, dataset: 
         raise BenchError(f"dataset '{dataset}': no {which} test images under {folder / 'test'}; expected layout: "
                          f"{layout.describe()}")
     anomalies = [(kind, path) for kind, files in defects.items() for path in files]
-    masks = [_mask_path(folder, kind, path, layout) for kind, path in anomalies]
-    has_masks = layout.masks_required or (folder / "ground_truth").is_dir()
-    if has_masks:
-        for (kind, path), mask in zip(anomalies, masks):
-            if mask is None:
-                looked = " or ".join(str(folder / "ground_truth" / kind / p.format(stem=path.stem))
-                                     for p in layout.masks)
-                raise BenchError(f"anomaly image {path} has no mask: {looked} not found")
+    masks, has_masks = find_masks(folder, layout, anomalies)
     files = train + normals + [p for _, p in anomalies] + ([m for m in masks if m] if has_masks else [])
     description = {"dataset": dataset, "version": version, "folder": folder.name, "layout": repr(layout),
                    "resize": options.resize, "crop": options.crop, "color": options.color,
@@ -127,7 +160,8 @@ def read_category(folder: Path, layout: Layout, options: ImageOptions, dataset: 
             raise BenchError(f"dataset '{dataset}': train images of {folder} are {arrays['train'].shape[1:]} but "
                              f"test images {test_images.shape[1:]}; set 'resize' (and 'color') so they match")
         if has_masks:
-            found = read_masks([m for m in masks if m is not None], size, crop)
+            found = read_masks([m for m in masks if m is not None], size, crop,
+                               [path for (_, path), m in zip(anomalies, masks) if m is not None])
             if found.shape[1:] != test_images.shape[2:]:
                 raise BenchError(f"dataset '{dataset}': masks of {folder} are {found.shape[1:]} but images "
                                  f"{test_images.shape[2:]}")
@@ -149,6 +183,8 @@ class IndustrialDataset(Dataset):
     """Base of the datasets in the MVTec AD layout (subclasses set the categories and the layout)."""
 
     Options = IndustrialOptions
+    # 2: library decoders (16-bit files no longer clipped to white; masks checked for size and binary values)
+    version = "2"
     hidden = True  # reads files: named explicitly, not part of "--datasets all"
     image_shape = (3, 256, 256)
     default_eps = {"linf": (2 / 255, 4 / 255), "l2": (0.25, 0.5)}
@@ -173,7 +209,10 @@ class IndustrialDataset(Dataset):
         return self.root() / self.check_class(normal_class)
 
     def check_data(self, normal_class: str) -> None:
-        check_category(self.category(normal_class), self.layout, self.name)
+        check_files(self.category(normal_class), self.layout, self.options, self.name)
+
+    def anomaly_counts(self, normal_class: str) -> dict[str, int] | None:
+        return anomaly_counts(self.category(normal_class), self.layout)
 
     def split(self, normal_class: str, seed: int) -> Split:
         folder = self.category(normal_class)

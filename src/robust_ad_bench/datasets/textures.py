@@ -150,6 +150,12 @@ class Textures(Dataset):
     def classes(self) -> list[str]:
         return list(CATEGORIES)
 
+    def anomaly_counts(self, normal_class: str) -> dict[str, int] | None:
+        self.check_class(normal_class)
+        n = self.options.n_test_anomalous  # equal thirds in blocks, as ``split`` makes them
+        kinds = [k * len(DEFECT_KINDS) // n for k in range(n)]
+        return {name: kinds.count(i) for i, name in enumerate(DEFECT_KINDS) if kinds.count(i)}
+
     def split(self, normal_class: str, seed: int) -> Split:
         normal_class = self.check_class(normal_class)
         category = CATEGORIES.index(normal_class)

@@ -15,7 +15,7 @@ from robust_ad_bench.attacks.gradient import pgd
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import register_method
-from robust_ad_bench.methods.common.networks import ConvDecoder, ConvEncoder
+from robust_ad_bench.methods.common.networks import MIN_SIDE, ConvDecoder, ConvEncoder
 from robust_ad_bench.methods.common.training import TrainConfig, train_on_images, training_eps
 
 
@@ -32,6 +32,7 @@ class AutoEncoder(Detector):
     """Convolutional autoencoder; score = mean squared reconstruction error, map = per-pixel error."""
 
     Config = AEConfig
+    min_image_size = MIN_SIDE
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)

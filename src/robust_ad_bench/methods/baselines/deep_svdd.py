@@ -9,7 +9,7 @@ import torch
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import register_method
-from robust_ad_bench.methods.common.networks import ConvEncoder
+from robust_ad_bench.methods.common.networks import MIN_SIDE, ConvEncoder
 from robust_ad_bench.methods.common.training import TrainConfig, train_on_images
 
 
@@ -25,6 +25,7 @@ class DeepSVDD(Detector):
     """Deep SVDD: squared distance of bias-free CNN features to the centre of the training features."""
 
     Config = DeepSVDDConfig
+    min_image_size = MIN_SIDE
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)

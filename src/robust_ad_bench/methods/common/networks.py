@@ -31,11 +31,14 @@ ENCODERS = ("auto", "small-cnn", "resnet")
 IMAGENET_STEM_SIZE = 224  # from this size up the ResNet uses the ImageNet stem
 
 
+MIN_SIDE = 8  # the smallest image side the conv encoders take (``Detector.min_image_size`` of their methods)
+
+
 def halvings(size: int) -> int:
     """Number of stride-2 stages that bring a side of ``size`` px (the smaller side of the image) to 4–7 px,
     at least one: log2(size) − 2 for powers of two."""
-    if size < 8:
-        raise ValueError(f"image side must be >= 8 px, got {size}")
+    if size < MIN_SIDE:
+        raise ValueError(f"image side must be >= {MIN_SIDE} px, got {size}")
     return max(size.bit_length() - 3, 1)
 
 
