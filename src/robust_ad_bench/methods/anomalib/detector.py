@@ -215,7 +215,8 @@ class AnomalibPatchcore(AnomalibDetector):
 
     def fit_model(self, z: torch.Tensor) -> None:
         self.collect(z)
-        self.model.subsample_embedding(self.config.coreset_sampling_ratio)  # anomalib's k-center-greedy coreset
+        # anomalib's k-center-greedy coreset
+        self.model.subsample_embedding(sampling_ratio=self.config.coreset_sampling_ratio)
         self.report(1, 1, f"coreset of {len(self.model.memory_bank)} patch embeddings")
 
     def score_and_maps(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
