@@ -115,3 +115,21 @@ def test_timm_backbone_from_a_local_file(folders):
     features = TorchvisionFeatures("tf_efficientnet_b0", image_size=32)
     assert [f.shape[-1] for f in features(torch.rand(1, 1, 32, 32))] == [8, 4, 2]
     assert weights.weights_id("tf_efficientnet_b6", True).startswith("timm:")
+
+
+def test_timm_offline_error_names_the_file(folders, monkeypatch):
+    timm = pytest.importorskip("timm")
+    env, hub = folders
+    create = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):  # huggingface_hub's error when the hub is unreachable, stubbed
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(BenchError) as info:
+        TorchvisionFeatures("tf_efficientnet_b0", image_size=32)
+    stem = weights.timm_weights_tag("tf_efficientnet_b0")[1]
+    message = str(info.value)
+    assert "\n" not in message and f"{stem}.safetensors" in message and str(env) in message
