@@ -114,7 +114,8 @@ def test_the_readme_example_runs_on_miniature_mvtec_data(tmp_path, capsys):
     args[args.index("--data-root") + 1] = str(tmp_path / "data")
     args[args.index("--out") + 1] = str(tmp_path / "out")
     # the miniature images are small: a smaller input size and no sanity checks keep the test short
-    args += ["--no-checks", "--set", "method_params.anomalib-patchcore.image_size=32", "--device", "cpu"]
+    args += ["--no-checks", "--set", "method_params.anomalib-patchcore.image_size=32", "--set",
+             "dataset_params.mvtec.resize=32", "--device", "cpu"]
     assert main(args) == 0, capsys.readouterr().err
     with Store(tmp_path / "out") as store:
         results = store.results()

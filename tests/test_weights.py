@@ -40,7 +40,7 @@ def fake_resnet18_file(path, seed):
 
 
 def test_the_real_file_names_come_from_torchvision():
-    assert weights.torchvision_file_names("resnet50")[:2] == [V2, V1]  # DEFAULT (V2) first
+    assert weights.torchvision_file_names("resnet50") == [V1, V2]
     assert weights.torchvision_file_names("efficientnet_b6") == ["efficientnet_b6_lukemelas-24a108a5.pth"]
     assert weights.weights_id("resnet50", "IMAGENET1K_V1") == V1
     assert weights.weights_id("resnet50", "IMAGENET1K_V2") == V2 == weights.weights_id("resnet50", True)
@@ -58,7 +58,7 @@ def test_v1_and_v2_files_are_found_under_their_names_and_keyed_apart(folders):
     (env / V1).write_bytes(b"v1")
     (hub / V2).write_bytes(b"v2")
     assert weights.local_file(V1) == env / V1 and weights.local_file(V2) == hub / V2
-    assert weights.local_weights("resnet50") == hub / V2  # DEFAULT first
+    assert weights.local_weights("resnet50") == env / V1  # V1 first, as before the real names were known
     from robust_ad_bench.benchmark.jobs import content_key
 
     keys = {p: content_key({"params": {"weights_id": weights.weights_id("resnet50", p)}})

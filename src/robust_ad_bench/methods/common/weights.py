@@ -61,15 +61,15 @@ def torchvision_enum(name: str, pretrained: bool | str) -> Any:
 
 
 def torchvision_file_names(name: str) -> list[str]:
-    """torchvision's file names of every weights enum member of model ``name`` (DEFAULT's first)."""
+    """torchvision's file names of every weights enum member of model ``name``, in the enum's order (V1 before V2:
+    the lookup by name finds what it found before these names were known, and V1 is what the papers used)."""
     from torchvision.models import get_model_weights
 
     try:
         members = get_model_weights(name)
     except (ValueError, KeyError):
         return []
-    ordered = [members.DEFAULT, *members]
-    return list(dict.fromkeys(os.path.basename(m.url) for m in ordered))
+    return list(dict.fromkeys(os.path.basename(m.url) for m in members))
 
 
 def local_file(file_name: str) -> Path | None:
@@ -80,8 +80,8 @@ def local_file(file_name: str) -> Path | None:
 
 
 def local_weights(name: str) -> Path | None:
-    """The first local weights file of torchvision model ``name``: its real file names first (DEFAULT's, then
-    the other enum members'; e.g. ``efficientnet_b6_lukemelas-24a108a5.pth``), then any ``name-<hash>.pth``."""
+    """The first local weights file of torchvision model ``name``: its real file names first, in the enum's order
+    (e.g. ``efficientnet_b6_lukemelas-24a108a5.pth``; ResNet-50's V1 before V2), then any ``name-<hash>.pth``."""
     for file_name in torchvision_file_names(name):
         found = local_file(file_name)
         if found is not None:
