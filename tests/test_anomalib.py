@@ -79,8 +79,10 @@ def test_memory_banks_and_training_are_anomalibs(fitted, digits):
 def test_options_pass_through_and_are_checked():
     model = METHODS.get("anomalib-padim")((1, 8, 8), {"image_size": 32, "model_params": {"n_features": 50}})
     assert model.model.n_features == 50 and model.model.layers == ["layer1", "layer2", "layer3"]
-    with pytest.raises(BenchError, match="anomalib-patchcore' model_params: .*num_neigbors"):
+    with pytest.raises(BenchError, match="unknown model_params keyword of PatchcoreModel .num_neigbors.*num_neighbors"):
         METHODS.get("anomalib-patchcore")((1, 8, 8), {"model_params": {"num_neigbors": 3}})
+    with pytest.raises(BenchError, match="anomalib-padim' model_params: .*n_features"):  # anomalib's own check
+        METHODS.get("anomalib-padim")((1, 8, 8), {"image_size": 32, "model_params": {"n_features": 10_000}})
     with pytest.raises(BenchError, match="image_size must be >= 16"):
         METHODS.get("anomalib-stfpm")((1, 8, 8), {"image_size": 8})
 

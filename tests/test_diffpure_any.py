@@ -56,6 +56,11 @@ def test_a_detector_with_a_map_and_surrogates_behind_the_purifier(digits):
 
 
 def test_the_detector_option_is_checked():
+    from robust_ad_bench.benchmark.config import expand_grid, make_grid_config
+
+    with pytest.raises(BenchError, match="unknown method 'knnn'"):  # with the grid's options, before any run
+        expand_grid(make_grid_config(methods="diffpure", datasets="digits",
+                                     method_params={"diffpure": {"detector": "knnn"}}))
     with pytest.raises(BenchError, match="unknown method 'patchcor'"):
         METHODS.get("diffpure")((1, 8, 8), {"detector": "patchcor"})
     with pytest.raises(BenchError, match="'diffpure'.detector 'diffpure-ae' must be a detector that neither purifies"):

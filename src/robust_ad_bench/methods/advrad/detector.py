@@ -255,6 +255,12 @@ DiffPureAE = make_diffpure("ae", has_map=True)
 class AnyDiffPureConfig(DiffPureConfig):
     detector: str = "ae"  # any registered method, trained on clean normal images behind the purifier
 
+    def __post_init__(self) -> None:  # checked with the grid's options, before anything runs
+        cls = METHODS.get(self.detector)
+        if cls.purifies or cls.needs_anomalies:
+            raise BenchError(f"method 'diffpure'.detector '{self.detector}' must be a detector that neither "
+                             "purifies itself nor needs labelled anomalies")
+
 
 @register_method("diffpure")
 class AnyDiffPure(DiffPureWithMap):
@@ -266,9 +272,6 @@ class AnyDiffPure(DiffPureWithMap):
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
-        if self.detector.purifies or self.detector.needs_anomalies:
-            raise BenchError(f"method 'diffpure'.detector '{self.config.detector}' must be a detector that neither "
-                             "purifies itself nor needs labelled anomalies")
         # an anomaly map only when the detector behind has one (the class may; this instance says whether it does)
         self.has_anomaly_map = self.detector.has_anomaly_map  # type: ignore[method-assign]
 

@@ -19,6 +19,8 @@ with gradients enabled; ``tests/test_anomalib.py`` checks that path equal to ano
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,7 +31,7 @@ from torch import nn
 
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector, DetectorConfig
-from robust_ad_bench.core.errors import BenchError
+from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import register_method
 from robust_ad_bench.methods.anomalib import scores
 from robust_ad_bench.methods.common.surrogates import relative_smooth_max, top_fraction_mean
@@ -50,11 +52,20 @@ class AnomalibConfig(DetectorConfig):
     weights_id: str = ""  # derived: the backbone's pretrained weights (part of the job key); never set by hand
 
     defaults: ClassVar[dict[str, Any]] = {}
+    model_class: ClassVar[str] = ""  # anomalib's torch model, "module:Class"
+    own_kwargs: ClassVar[tuple[str, ...]] = ()  # keywords taken here, not by the model (STFPM's pre_trained)
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16 (the backbone's stride-16 stage), got {self.image_size}")
         kwargs = self.model_kwargs()
+        if self.model_class:  # unknown keywords fail with the grid's options, before anything runs
+            module, name = self.model_class.split(":")
+            accepted = set(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+            accepted = (accepted | set(self.own_kwargs)) - {"input_size"}  # FastFlow's input size is image_size
+            for key in kwargs:
+                if key not in accepted:
+                    raise unknown_choice(f"model_params keyword of {name}", key, sorted(accepted))
         pretrained = bool(kwargs.get("pre_trained", False))
         # anomalib loads pretrained backbones through timm: its hub id names the weights
         self.weights_id = f"timm:{timm_weights_tag(kwargs.get('backbone', 'resnet18'))[0]}" if pretrained else ""
@@ -65,6 +76,7 @@ class AnomalibConfig(DetectorConfig):
 
 @dataclass
 class PadimConfig(AnomalibConfig):
+    model_class: ClassVar[str] = "anomalib.models.image.padim.torch_model:PadimModel"
     defaults: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"],
                                           "pre_trained": False}
 
@@ -72,6 +84,7 @@ class PadimConfig(AnomalibConfig):
 @dataclass
 class PatchcoreConfig(AnomalibConfig):
     coreset_sampling_ratio: float = 0.1  # anomalib's default
+    model_class: ClassVar[str] = "anomalib.models.image.patchcore.torch_model:PatchcoreModel"
     defaults: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "layers": ["layer2", "layer3"],
                                           "pre_trained": False, "num_neighbors": 9}
 
@@ -91,6 +104,8 @@ class StfpmConfig(TrainedConfig):
     lr: float = 0.4  # anomalib's SGD: lr 0.4, momentum 0.9, weight decay 1e-3
     weight_decay: float = 1e-3
     momentum: float = 0.9
+    model_class: ClassVar[str] = "anomalib.models.image.stfpm.torch_model:STFPMModel"
+    own_kwargs: ClassVar[tuple[str, ...]] = ("pre_trained",)
     defaults: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"],
                                           "pre_trained": False}
 
@@ -99,6 +114,7 @@ class StfpmConfig(TrainedConfig):
 class FastflowConfig(TrainedConfig):
     lr: float = 1e-3  # anomalib's Adam: lr 1e-3, weight decay 1e-5
     weight_decay: float = 1e-5
+    model_class: ClassVar[str] = "anomalib.models.image.fastflow.torch_model:FastflowModel"
     defaults: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "pre_trained": False, "flow_steps": 8,
                                           "conv3x3_only": False, "hidden_ratio": 1.0}
 
