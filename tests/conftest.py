@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -14,12 +16,17 @@ TINY_METHOD_PARAMS = {
     "bgad": TINY_FLOW, "bgad-unsup": TINY_FLOW, "sla2p": TINY_SLA, "sla": TINY_SLA,
     "advrad": {"epochs": 5, "width": 4, "noise_step": 100},
     "diffpure-ae": {"epochs": 2, "width": 4, "detector_params": {"epochs": 3}},
+    "diffpure": {"epochs": 2, "width": 4, "detector": "knn"},
     # 2 score draws (the authors' 10 are tested in test_cobra.py): the score runs inside every attack step
     "contrastive": {"epochs": 1, "width": 8, "score_draws": 2},
     "contrastive-at": {"epochs": 1, "width": 8, "train_steps": 1, "score_draws": 2},
     "cobra": {"epochs": 1, "width": 8, "train_steps": 1, "score_draws": 2},
     "cobra-no-opposite": {"epochs": 1, "width": 8, "train_steps": 1, "score_draws": 2},
 }
+if importlib.util.find_spec("anomalib") is not None:  # the extra's methods: the smallest input resnet18 takes well
+    TINY_METHOD_PARAMS.update({
+        "anomalib-padim": {"image_size": 32}, "anomalib-patchcore": {"image_size": 32},
+        "anomalib-stfpm": {"image_size": 32, "epochs": 1}, "anomalib-fastflow": {"image_size": 32, "epochs": 1}})
 
 
 @pytest.fixture(autouse=True)

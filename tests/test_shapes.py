@@ -32,6 +32,7 @@ PARAMS = {
     **TINY_METHOD_PARAMS, "ae": {"epochs": 1}, "ae-at": {"epochs": 1, "train_steps": 1}, "deep-svdd": {"epochs": 1},
     "bgad": _FLOW, "bgad-unsup": _FLOW, "sla2p": _SLA, "sla": _SLA, "sla2p-const-inner": _SLA,
     "advrad": {"epochs": 1, "width": 4}, "diffpure-ae": {"epochs": 1, "width": 4, "detector_params": {"epochs": 1}},
+    "diffpure": {"epochs": 1, "width": 4, "detector": "knn"},
     "contrastive": {k: v for k, v in _CONTRASTIVE.items() if k != "train_steps"},
     "contrastive-at": _CONTRASTIVE, "cobra": _CONTRASTIVE, "cobra-no-opposite": _CONTRASTIVE,
 }

@@ -10,4 +10,4 @@ A method imports ``core``, ``common`` and, for adversarial training, the generic
 ``datasets`` or ``benchmark``.
 """
 
-from robust_ad_bench.methods import advrad, baselines, bgad, cobra, sla2p  # noqa: F401  (registers)
+from robust_ad_bench.methods import advrad, anomalib, baselines, bgad, cobra, sla2p  # noqa: F401  (registers)

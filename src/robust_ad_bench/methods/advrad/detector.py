@@ -14,7 +14,9 @@ and ``certifiable`` by randomized smoothing (the attack suite's ``certify`` grid
 
 ``diffpure-ae`` purifies with the same kind of DDPM by DiffPure's reverse process (noise to t* = 0.1·T, then
 DDPM ancestral steps back to 0; ``denoise_steps`` strided steps), then scores the purified image with the
-``ae`` baseline, built through the registry (a method never imports another method).
+``ae`` baseline, built through the registry (a method never imports another method). ``diffpure`` is the same
+purifier in front of any registered detector, named by its option ``detector`` (e.g. ``anomalib-patchcore``);
+the detector's own surrogates are followed behind the straight-through purifier too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector
@@ -195,7 +196,11 @@ class DiffPure(DiffusionDetector):
         super().__init__(image_shape, config)
         if not self.config.noise_step:
             raise BenchError(f"method '{self.name}' needs noise_step >= 1 (DiffPure's t*), got 0")
-        self.detector: nn.Module = METHODS.get(self.base)(self.image_shape, dict(self.config.detector_params))
+        self.detector: Detector = METHODS.get(self.base_name())(self.image_shape, dict(self.config.detector_params))
+
+    def base_name(self) -> str:
+        """The registered detector behind the purifier."""
+        return self.base
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(x)
@@ -207,7 +212,11 @@ class DiffPure(DiffusionDetector):
         return self.score_purified(self.purify(x))
 
     def surrogates(self) -> dict:
-        return {"st-clip": lambda x: self.score_purified(self.reconstruct(x, straight_through=True))}
+        # the clip of the denoised estimate, straight-through; the detector's own surrogates behind it
+        found = {"st-clip": lambda x: self.score_purified(self.reconstruct(x, straight_through=True))}
+        for name, fn in self.detector.surrogates().items():
+            found[f"st-clip-{name}"] = (lambda f: lambda x: f(self.reconstruct(x, straight_through=True)))(fn)
+        return found
 
     def fit(self, train: TrainSet) -> None:
         # The detector is trained on clean normal images, as in DiffPure: purification happens at test time.
@@ -219,6 +228,8 @@ class DiffPure(DiffusionDetector):
         self.detector.eval()
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
+        # the detector's own restore first (it may resize what its fit sized: feature banks, Gaussians)
+        self.detector.restore({k.removeprefix("detector."): v for k, v in state.items() if k.startswith("detector.")})
         super().restore(state)
         self.detector.eval()
 
@@ -238,3 +249,31 @@ def make_diffpure(base: str, has_map: bool) -> type[DiffPure]:
 
 
 DiffPureAE = make_diffpure("ae", has_map=True)
+
+
+@dataclass
+class AnyDiffPureConfig(DiffPureConfig):
+    detector: str = "ae"  # any registered method, trained on clean normal images behind the purifier
+
+    def __post_init__(self) -> None:  # checked with the grid's options, before anything runs
+        cls = METHODS.get(self.detector)
+        if cls.purifies or cls.needs_anomalies:
+            raise BenchError(f"method 'diffpure'.detector '{self.detector}' must be a detector that neither "
+                             "purifies itself nor needs labelled anomalies")
+
+
+@register_method("diffpure")
+class AnyDiffPure(DiffPureWithMap):
+    """DDPM purifier (DiffPure's reverse process) in front of any registered detector (option `detector`),
+    attacked with full gradients through both"""
+
+    Config = AnyDiffPureConfig
+    hidden = True  # a combinator: `diffpure-ae` is its default in --methods all
+
+    def __init__(self, image_shape, config=None) -> None:
+        super().__init__(image_shape, config)
+        # an anomaly map only when the detector behind has one (the class may; this instance says whether it does)
+        self.has_anomaly_map = self.detector.has_anomaly_map  # type: ignore[method-assign]
+
+    def base_name(self) -> str:
+        return self.config.detector

@@ -1,14 +1,15 @@
 """Frozen feature extractors for feature-based methods (BGAD, SLA²P).
 
-Pretrained weights are never downloaded. ``find_weights`` takes them from an explicit file, else from the
-folder named by ``ROBUST_AD_BENCH_WEIGHTS``, else from torchvision's own cache (``torch.hub.get_dir()/
-checkpoints``), under torchvision's file names (``resnet50-<hash>.pth``); otherwise a clear error says
-where to put them.
+Where pretrained weights come from is ``weights.py``: without ``pretrained`` (the default) nothing is
+downloaded: an explicit file, else torchvision's file found by its real names in ``ROBUST_AD_BENCH_WEIGHTS``
+or torch hub's cache; with ``pretrained: true`` or a weights enum name (``IMAGENET1K_V1``) torchvision's (or
+timm's) own mechanism, downloading when online.
 
 - ``ImageNetFeatures``: the base of the two pretrained extractors: loads a torchvision model with local
   weights, keeps it frozen (always in eval mode), and owns the one input path (gray → RGB, bilinear resize,
   ImageNet normalization).
-- ``TorchvisionFeatures``: an ImageNet-pretrained torchvision CNN, cut after a few stages (multi-level maps).
+- ``TorchvisionFeatures``: an ImageNet-pretrained torchvision CNN, cut after a few stages (multi-level maps);
+  a timm model name (``tf_efficientnet_b6``, with timm installed) takes timm's ``features_only`` stages.
 - ``PretrainedFeatures``: the average-pool vector of a frozen torchvision ResNet.
 - ``PretextFeatures``: without pretrained weights, a small ``ConvEncoder`` trained on the normal
   training images by the autoencoder pretext (``fit_by_reconstruction``), then frozen. Its stage outputs
@@ -18,8 +19,6 @@ All take images in [0, 1] and normalize inside, so attacks and eps stay in pixel
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -27,9 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_ad_bench.core.detector import ProgressFn
-from robust_ad_bench.core.errors import BenchError, unknown_choice
+from robust_ad_bench.core.errors import unknown_choice
 from robust_ad_bench.methods.common.networks import ConvDecoder, ConvEncoder
 from robust_ad_bench.methods.common.training import MinibatchTrainer, Stream, make_optimizer
+from robust_ad_bench.methods.common.weights import (  # noqa: F401  (re-exported: where methods found them)
+    WEIGHTS_ENV,
+    create_timm,
+    find_weights,
+    is_torchvision_model,
+    load_torchvision,
+    local_weights,
+    weight_folders,
+)
 
 # stage modules whose outputs are the feature levels (strides 4, 8, 16 of the input)
 TORCHVISION_STAGES: dict[str, tuple[str, ...]] = {
@@ -43,38 +51,8 @@ TORCHVISION_STAGES: dict[str, tuple[str, ...]] = {
 BACKBONES = {"resnet18": 512, "resnet50": 2048}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHTS_ENV = "ROBUST_AD_BENCH_WEIGHTS"
-
-
-def weight_folders() -> list[Path]:
-    folders = [Path(os.environ[WEIGHTS_ENV])] if os.environ.get(WEIGHTS_ENV) else []
-    return folders + [Path(torch.hub.get_dir()) / "checkpoints"]
-
-
-def local_weights(name: str) -> Path | None:
-    """The first local weight file of torchvision model ``name`` (``name-<hash>.pth``), or None."""
-    for folder in weight_folders():
-        found = sorted(folder.glob(f"{name}-*.pth")) if folder.is_dir() else []
-        if found:
-            return found[0]
-    return None
-
-
-def find_weights(name: str, weights: str = "") -> Path:
-    """The weights file of a torchvision backbone: ``weights`` if given, else ``local_weights(name)``."""
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise BenchError(f"backbone weights file '{weights}' does not exist")
-        return path
-    found = local_weights(name)
-    if found is None:
-        folders = ", ".join(str(f) for f in weight_folders())
-        raise BenchError(
-            f"no pretrained weights for backbone '{name}': looked for {name}-*.pth in {folders}. Put "
-            f"torchvision's file there (or set {WEIGHTS_ENV} to its folder), or pass its path as the method "
-            f"parameter 'weights', or use features trained on the normal data (no download)")
-    return found
+# timm backbones (when timm is installed): the stages at strides 4, 8, 16 (``features_only`` indices)
+TIMM_OUT_INDICES = (1, 2, 3)
 
 
 class ImageNetFeatures(nn.Module):
@@ -93,15 +71,9 @@ class ImageNetFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=saved)
 
     @staticmethod
-    def load_pretrained(name: str, weights: str = "") -> nn.Module:
-        """torchvision model ``name`` in eval mode with its local ImageNet weights (a missing file fails
-        before the model is built)."""
-        import torchvision  # only imported when a pretrained backbone is used
-
-        path = find_weights(name, weights)
-        model = torchvision.models.get_model(name, weights=None)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
+    def load_pretrained(name: str, weights: str = "", pretrained: bool | str = False) -> nn.Module:
+        """torchvision model ``name`` in eval mode with its ImageNet weights (``weights.load_torchvision``)."""
+        return load_torchvision(name, pretrained, weights)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Gray → RGB (the same value in the three channels), bilinear resize to ``image_size`` (differentiable),
@@ -121,14 +93,20 @@ class TorchvisionFeatures(ImageNetFeatures):
 
     saves_input_stats = True
 
-    def __init__(self, name: str, weights: str = "", image_size: int = 256) -> None:
+    def __init__(self, name: str, weights: str = "", image_size: int = 256, pretrained: bool | str = False) -> None:
         super().__init__(image_size)
         from torchvision.models.feature_extraction import create_feature_extractor
 
-        if name not in TORCHVISION_STAGES:
-            raise unknown_choice("torchvision backbone", name, [*TORCHVISION_STAGES, "pretext"])
-        stages = TORCHVISION_STAGES[name]
-        self.body = create_feature_extractor(self.load_pretrained(name, weights), {s: s for s in stages})
+        if name in TORCHVISION_STAGES:
+            stages = TORCHVISION_STAGES[name]
+            self.body = create_feature_extractor(self.load_pretrained(name, weights, pretrained),
+                                                 {s: s for s in stages})
+        elif not is_torchvision_model(name) and _timm_has(name):  # timm's weights: local file, else download
+            self.body = TimmStages(create_timm(name, pretrained=True, features_only=True,
+                                               out_indices=TIMM_OUT_INDICES))
+        else:
+            raise unknown_choice("torchvision backbone", name, [*TORCHVISION_STAGES, "pretext",
+                                                                "a timm model (timm installed)"])
         self.requires_grad_(False)
         with torch.no_grad():
             probe = self.body(torch.zeros(1, 3, image_size, image_size))
@@ -136,6 +114,25 @@ class TorchvisionFeatures(ImageNetFeatures):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(self.preprocess(x)).values())
+
+
+def _timm_has(name: str) -> bool:
+    try:
+        import timm
+    except ImportError:
+        return False
+    return name in timm.list_models()
+
+
+class TimmStages(nn.Module):
+    """A timm ``features_only`` model as a dict of stage outputs (the interface of torchvision's extractor)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {str(i): f for i, f in enumerate(self.model(x))}
 
 
 class PretrainedFeatures(ImageNetFeatures):
