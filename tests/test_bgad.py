@@ -23,6 +23,8 @@ from robust_ad_bench.methods.bgad.losses import (
     likelihood_loss,
     normal_boundary,
     normal_focal_weights,
+    pull_term,
+    pushed_weight_max,
     semi_push_pull,
 )
 
@@ -115,6 +117,81 @@ def test_focal_weights_are_the_authors_and_weight_every_term():
     below, above = l_normal / 10 <= b_n, l_anom / 10 >= b_n - 0.1
     torch.testing.assert_close(pull, ((b_n - l_normal / 10) * w_n)[below].mean())
     torch.testing.assert_close(push, ((l_anom / 10 - (b_n - 0.1)) * w_a)[above].mean())
+
+
+def test_pull_term_and_pushed_weight_maximum():
+    l_normal = torch.tensor([1.0, -3.0, -30.0, 0.5, -8.0])
+    pull, b_n = pull_term(l_normal, 0.4, 10.0)  # rank int(5 * 0.4) = 2 of [-30, -8, -3, 0.5, 1]: b_n = -0.3
+    assert b_n.item() == pytest.approx(-0.3)
+    torch.testing.assert_close(pull, torch.tensor((0.0 + 0.5 + 2.7) / 3))  # the normals at or below b_n
+    w_n = normal_focal_weights(l_normal, 10.0)
+    focal, _ = pull_term(l_normal, 0.4, 10.0, focal=True)
+    torch.testing.assert_close(focal, ((b_n - l_normal / 10) * w_n)[l_normal / 10 <= b_n].mean())
+    # the pushed anomalies are those above b_a = b_n - 0.1 = -0.4: l = -0.01 (weight 0.53·(1+e^-0.001)²/0.001)
+    # and 2; l = -50 is below b_a and not pushed
+    l_anom = torch.tensor([-0.01, -50.0, 2.0])
+    expected = 0.53 * (1 + math.exp(-0.001)) ** 2 / 0.001
+    assert pushed_weight_max(l_normal, l_anom, 0.4, 0.1, 10.0).item() == pytest.approx(expected, rel=1e-4)
+    assert pushed_weight_max(l_normal, torch.tensor([-50.0]), 0.4, 0.1, 10.0).item() == 0
+
+
+def test_bgad_unsup_adds_the_pull_term_after_the_normal_only_epochs():
+    torch.manual_seed(0)
+    model = METHODS.get("bgad-unsup")((1, 32, 32), TINY_FLOW)
+    x, cond = torch.randn(400, model.flows[0].dim), torch.randn(400, TINY_FLOW["pos_dim"])
+    l_normal = model.flows[0].log_prob(x, cond) / x.shape[1]
+    # the first epoch: −log σ(l) alone
+    torch.testing.assert_close(model.step_loss(0, x, cond, epoch=0), -torch.nn.functional.logsigmoid(l_normal).mean())
+    # later: the focal likelihood term plus the pull term on the lowest β of the batch (the authors' unsupervised
+    # bgad_train_engine), which is not zero
+    pull, _ = pull_term(l_normal, 0.01, 10.0, focal=True)
+    assert pull.item() > 0
+    torch.testing.assert_close(model.step_loss(0, x, cond, epoch=1), likelihood_loss(l_normal, 10.0, focal=True) + pull)
+    plain = METHODS.get("bgad-unsup")((1, 32, 32), {**TINY_FLOW, "focal_weighting": False, "boundary_weight": 0})
+    plain.flows.load_state_dict(model.flows.state_dict())
+    torch.testing.assert_close(plain.step_loss(0, x, cond, epoch=1), -torch.nn.functional.logsigmoid(l_normal).mean())
+
+
+def test_bgad_area_cell_labels_and_the_logged_focal_weight():
+    split = make_split(SplitSpec("textures", "grass", 0, **FEW))
+    torch.manual_seed(0)
+    model = METHODS.get("bgad")((1, 32, 32), {**TINY_FLOW, "cell_labels": "area", "cell_area_fraction": 0.25})
+    # one defect pixel in each 2×2 block, off the block's top-left pixel (the one nearest neighbour reads):
+    # every level-0 cell (2×2 pixels) is a quarter defect, so "area" at 0.25 marks them all, "nearest" none
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[:, 1::2, 1::2] = True
+    area = model.labelled_cells(split.anomalies[:2], masks)
+    assert area[0][2].bool().all() and area[1][2].bool().all()  # level 1: 4×4 pixels, 4 of 16 defect
+    nearest = METHODS.get("bgad")((1, 32, 32), TINY_FLOW).labelled_cells(split.anomalies[:2], masks)
+    assert not nearest[0][2].bool().any()
+    high = METHODS.get("bgad")((1, 32, 32), {**TINY_FLOW, "cell_labels": "area", "cell_area_fraction": 0.3})
+    assert not high.labelled_cells(split.anomalies[:2], masks)[0][2].bool().any()
+    with pytest.raises(BenchError, match="unknown cell labelling 'bilinear'"):
+        METHODS.get("bgad")((1, 32, 32), {"cell_labels": "bilinear"})
+    # the largest pushed focal weight of the run is kept with the model (and reported at the end of fit)
+    messages = []
+    model.progress = lambda done, total, message: messages.append(message)
+    model.fit(TrainSet(split.train, split.anomalies, split.anomaly_masks))
+    assert (model.push_weight_max > 0).all() and "largest pushed focal weight" in messages[-1]
+    assert "push_weight_max" in model.state_dict()
+
+
+def test_features_standardized_only_for_the_pretext_backbone_by_default(tmp_path):
+    split = make_split(SplitSpec("textures", "grass", 0))
+    for setting, standardized in (("auto", True), ("never", False), ("always", True)):
+        torch.manual_seed(0)
+        model = METHODS.get("bgad-unsup")((1, 32, 32), {**TINY_FLOW, "epochs": 1, "standardize": setting})
+        model.fit(TrainSet(split.train))
+        assert model.standardizes == standardized
+        assert (model.feat_std0 != 1).any() == standardized and (model.feat_mean0 != 0).any() == standardized
+    torchvision = pytest.importorskip("torchvision")
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    raw = METHODS.get("bgad-unsup")((1, 32, 32), {"backbone": "resnet18", "weights": str(path), "image_size": 64,
+                                                  "coupling_blocks": 1, "pos_dim": 4})
+    assert not raw.standardizes  # a pretrained backbone: raw features, as the authors
+    with pytest.raises(BenchError, match="unknown standardize setting 'yes'"):
+        METHODS.get("bgad")((1, 32, 32), {"standardize": "yes"})
 
 
 def test_known_anomalies_are_kept_out_of_the_test_set_for_every_method(tmp_path):
@@ -286,3 +363,5 @@ def test_paper_config_parses_and_its_parameters_are_valid():
         assert config.backbone == "efficientnet_b6" and config.image_size == 256
     bgad = build_config(METHODS.get("bgad").Config, data["method_params"]["bgad"], "bgad")
     assert bgad.beta == 0.01 and bgad.focal_weighting and (bgad.real_repeats, bgad.pasted_repeats) == (5, 5)
+    for name, params in data["method_params"].items():  # raw features, as the authors
+        assert build_config(METHODS.get(name).Config, params, name).standardize == "never"

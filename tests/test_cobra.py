@@ -14,8 +14,8 @@ from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.params import build_config
 from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.methods.cobra import losses
-from robust_ad_bench.methods.cobra.pseudo_anomalies import choose_pseudo_anomaly, expand_groups
-from robust_ad_bench.methods.cobra.scar import color_jitter, gaussian_blur, scar, shift_hue
+from robust_ad_bench.methods.cobra.pseudo_anomalies import choose_pseudo_anomaly, expand_groups, simclr_augment
+from robust_ad_bench.methods.cobra.scar import color_jitter, gaussian_blur, hsv_adjust, scar, shift_hue
 from robust_ad_bench.methods.common.training import LARS, resample, warmup_cosine
 
 TINY = {"epochs": 1, "width": 8, "train_steps": 2}
@@ -191,6 +191,13 @@ def test_paper_configs_load(name):
     params = build_config(METHODS.get("cobra").Config, cfg.method_params["cobra"], "method 'cobra'")
     assert (params.backbone, params.width, params.blocks, params.stem_stride, params.train_steps) == (
         "resnet", 64, (2, 2, 2, 2), 1, 10)
+    if name == "cobra-cifar10":  # the authors' code: --epsilon and --eps default 0.0314 (8/255)
+        assert params.train_eps == pytest.approx(8 / 255) and cfg.eps["linf"] == [pytest.approx(8 / 255)]
+
+
+def test_paper_title_is_the_iclr_one():
+    assert load_paper("cobra").title == ("Adversarially Robust Anomaly Detection through Spurious Negative Pair "
+                                         "Mitigation")
 
 
 # -- the authors' scar -------------------------------------------------------------------------------------
@@ -356,3 +363,79 @@ def test_cobra_no_opposite_is_cobra_without_the_opposite_pair_attack(digits_trai
 def test_bad_score_options_are_named():
     with pytest.raises(BenchError, match="unknown score groups 'both'"):
         METHODS.get("cobra")((1, 8, 8), {"score_groups": "both"})
+
+
+# -- the authors' view augmentation ------------------------------------------------------------------------
+def test_view_augmentation_off_is_the_identity_and_crop_scale_is_the_area():
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    # no jitter, no crop: only the gray draw (p = 0.2) can change an image, and then to its gray version
+    out = simclr_augment(x, 0.0, (1.0, 1.0), g, hue=0.0)
+    same = (out == x).flatten(1).all(1)
+    assert 0 < same.sum() < 8 or same.all()
+    gray_rows = out[~same]
+    torch.testing.assert_close(gray_rows[:, 0], gray_rows[:, 1])
+    # a fixed crop area of 0.25 zooms a 1-px checkerboard-free ramp by about 2x: the output's horizontal
+    # range of a linear ramp shrinks to about half
+    ramp = torch.linspace(0, 1, 32).expand(200, 1, 32, 32).contiguous()
+    crop = simclr_augment(ramp, 0.0, (0.25, 0.25), torch.Generator().manual_seed(2), hue=0.0)
+    span = crop[:, 0, 16].amax(1) - crop[:, 0, 16].amin(1)
+    wide = simclr_augment(ramp, 0.0, (0.9, 0.9), torch.Generator().manual_seed(2), hue=0.0)
+    assert span.median() < 0.65 < (wide[:, 0, 16].amax(1) - wide[:, 0, 16].amin(1)).median()
+
+
+def test_view_colour_jitter_turns_hue_in_either_order_and_keeps_channel_means_under_contrast():
+    red = torch.zeros(400, 3, 4, 4)
+    red[:, 0] = 0.8
+    red[:, 1] = 0.2
+    out = simclr_augment(red, 0.0, (1.0, 1.0), torch.Generator().manual_seed(0), hue=0.1)
+    hue_moved = (out[:, 2] > 1e-4).flatten(1).any(1) | ((out[:, 1] - 0.2).abs() > 1e-3).flatten(1).any(1)
+    # hue ± 0.1 · 255/360 of the circle on 80 % of the images (and gray on 20 %): most colours move
+    assert hue_moved.float().mean() > 0.5
+    # the draws, redone by hand: contrast about each channel's own mean (the authors' adjust_contrast) and the
+    # HSV change, in the order of one coin per call
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5 + 0.2
+    orders = set()
+    for seed in range(30):
+        g = torch.Generator().manual_seed(seed)
+        apply = torch.rand(1, 1, 1, 1, generator=g) < 0.8
+        c, sat, val = (1 + 0.4 * (torch.rand(1, 1, 1, 1, generator=g) * 2 - 1) for _ in range(3))
+        shift = 0.1 * (torch.rand(1, 1, 1, 1, generator=g) * 2 - 1) * 255 / 360
+        contrast_first = bool(torch.rand(1, generator=g)[0] < 0.5)
+        to_gray = torch.rand(1, 1, 1, 1, generator=g) < 0.2
+
+        def contrast(y, c=c):
+            m = y.mean((2, 3), keepdim=True)
+            return ((y - m) * c + m).clamp(0, 1)
+
+        def hsv(y, shift=shift, sat=sat, val=val):
+            return hsv_adjust(y, shift, sat, val)
+
+        expected = hsv(contrast(x)) if contrast_first else contrast(hsv(x))
+        expected = torch.where(apply, expected, x)
+        gray = (expected * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, True).expand_as(x)
+        expected = torch.where(to_gray, gray, expected)
+        out = simclr_augment(x, 0.4, (1.0, 1.0), torch.Generator().manual_seed(seed), hue=0.1)
+        torch.testing.assert_close(out, expected.clamp(0, 1))
+        orders.add(contrast_first if bool(apply) else None)
+    assert {True, False} <= orders  # both orders are drawn
+
+
+def test_hsv_adjust_scales_saturation_and_value():
+    x = torch.tensor([0.8, 0.4, 0.2]).view(1, 3, 1, 1)
+    torch.testing.assert_close(hsv_adjust(x, 0.0, 1.0, 0.5), x * 0.5)  # value: every channel scaled
+    gray = hsv_adjust(x, 0.0, 0.0, 1.0)  # saturation 0: every channel at the value (the max)
+    torch.testing.assert_close(gray, torch.full_like(x, 0.8))
+    y = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(hsv_adjust(y, torch.full((1, 1, 1, 1), 0.05), 1.2, 0.9).sum(), y)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_score_crop_is_fixed_where_the_views_are_cropped(digits_train):
+    cropped = METHODS.get("cobra")((1, 8, 8), {"crop_min_scale": 0.08})
+    assert cropped.score_crop == (0.54, 0.54)  # the authors' eval.py: resize_factor 0.54, resize_fix
+    assert METHODS.get("cobra")((1, 8, 8), {"crop_min_scale": 0.08, "score_crop_scale": None}).score_crop == (
+        0.08, 1.0)
+    assert METHODS.get("cobra")((1, 8, 8)).score_crop == (1.0, 1.0)  # no crop at training: none at scoring
+    with pytest.raises(BenchError, match="score_crop_scale"):
+        METHODS.get("cobra")((1, 8, 8), {"score_crop_scale": 1.5})

@@ -2,7 +2,9 @@
 the semi-push-pull loss on a few known anomalies; ``bgad-unsup`` is the same flow without anomalies.
 
 Per feature level, every spatial feature vector is one flow sample, conditioned on a 2-D positional
-encoding. ``l`` = log p / C (C = feature size). ``bgad-unsup``: −log σ(l) on normal vectors. ``bgad``, as the
+encoding. ``l`` = log p / C (C = feature size). ``bgad-unsup``, the authors' unsupervised form: −log σ(l) on
+normal vectors for the first ``normal_only_epochs``, then the (focal) likelihood term plus the pull term on the
+normals below the boundary b_n (the β order statistic of the batch's l / normalizer). ``bgad``, as the
 authors' ``train_meta_epoch``: the first ``normal_only_epochs`` on the normal images alone, then every epoch
 on the normal images plus each known anomaly ``real_repeats`` times as it is and ``pasted_repeats`` times
 copy-pasted onto a normal image after 3 random augmentation ops (fresh every epoch, ``augment.py``). A cell
@@ -28,10 +30,11 @@ from torch import nn
 
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector, DetectorConfig
+from robust_ad_bench.core.errors import unknown_choice
 from robust_ad_bench.core.registry import register_method
 from robust_ad_bench.methods.bgad.augment import copy_paste
 from robust_ad_bench.methods.bgad.flow import ConditionalFlow, positional_encoding
-from robust_ad_bench.methods.bgad.losses import likelihood_loss, semi_push_pull
+from robust_ad_bench.methods.bgad.losses import likelihood_loss, pull_term, pushed_weight_max, semi_push_pull
 from robust_ad_bench.methods.common.backbones import PretextFeatures, TorchvisionFeatures
 from robust_ad_bench.methods.common.networks import Padding
 from robust_ad_bench.methods.common.surrogates import smooth_max, top_fraction_mean
@@ -42,6 +45,9 @@ from robust_ad_bench.methods.common.training import (
     steps_per_epoch,
     warmup_cosine_schedule,
 )
+
+STANDARDIZE = ("auto", "always", "never")
+CELL_LABELS = ("nearest", "area")
 
 
 @dataclass
@@ -64,22 +70,40 @@ class FlowADConfig(DetectorConfig):
     batch_size: int = 4096  # feature vectors per step
     lr: float = 1e-3  # the paper: 2e-4 (with 25×8 epochs)
     warmup_fraction: float = 0.1  # of the steps, then cosine decay
+    # per-channel standardization of the features with the normal training images' statistics: "auto" only
+    # for the pretext encoder (its features have no fixed scale), "always", "never" (the authors: raw
+    # features of a pretrained backbone, on which their normalizer and focal cut-offs were set)
+    standardize: str = "auto"
+    # the authors' boundary terms (shared with bgad-unsup, whose unsupervised form adds the pull term)
+    beta: float = 0.01  # rank (fraction) of the normal log-likelihoods that sets the boundary (paper command)
+    normalizer: float = 10.0  # l / normalizer in the boundary maths
+    boundary_weight: float = 1.0  # weight of the boundary terms (the authors' bgspp_lambda; 0 = likelihood only)
+    focal_weighting: bool = True  # the authors' asymmetric focal weights (their paper command sets it)
+    normal_only_epochs: int = 1  # first epochs on −log σ(l) alone (the authors' first meta-epoch)
+
+    def __post_init__(self) -> None:
+        if self.standardize not in STANDARDIZE:
+            raise unknown_choice("standardize setting", self.standardize, STANDARDIZE)
+        if not 0 <= self.beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
 
 
 @dataclass
 class BGADConfig(FlowADConfig):
-    beta: float = 0.01  # rank (fraction) of the normal log-likelihoods that sets the boundary (paper command)
     tau: float = 0.1  # margin between the normal and the anomaly boundary
-    normalizer: float = 10.0  # l / normalizer in the boundary maths
-    boundary_weight: float = 1.0  # weight of the semi-push-pull terms (the authors' bgspp_lambda)
-    focal_weighting: bool = True  # the authors' asymmetric focal weights (their paper command sets it)
-    normal_only_epochs: int = 1
     real_repeats: int = 5  # each known anomaly this many times per epoch as it is (the authors' reuse_times)
     pasted_repeats: int = 5  # and this many times copy-pasted after random augmentation (repeat_num - reuse)
+    # labels of the feature cells of anomalous images: "nearest" (the authors: the mask downsampled by
+    # nearest neighbour) or "area" (anomalous when at least ``cell_area_fraction`` of the cell is defect)
+    cell_labels: str = "nearest"
+    cell_area_fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        if not 0 <= self.beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        super().__post_init__()
+        if self.cell_labels not in CELL_LABELS:
+            raise unknown_choice("cell labelling", self.cell_labels, CELL_LABELS)
+        if not 0 < self.cell_area_fraction <= 1:
+            raise ValueError(f"cell_area_fraction must be in (0, 1], got {self.cell_area_fraction}")
         if self.real_repeats < 0 or self.pasted_repeats < 0 or self.real_repeats + self.pasted_repeats < 1:
             raise ValueError(f"real_repeats and pasted_repeats must be >= 0 with a sum >= 1, got "
                              f"{self.real_repeats} and {self.pasted_repeats}")
@@ -95,7 +119,7 @@ class FlowAD(Detector):
     """Conditional normalizing flows on frozen multi-level features, maximum likelihood on normals only."""
 
     Config = FlowADConfig
-    version = "2"
+    version = "3"  # 3: the authors' unsupervised form (pull term after the first epochs), raw torchvision features
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
@@ -177,15 +201,22 @@ class FlowAD(Detector):
         self.backbone.eval()
         with torch.no_grad():
             raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in images.split(256)))]
-        for i, f in enumerate(raw):
-            getattr(self, f"feat_mean{i}").copy_(f.mean((0, 2, 3), keepdim=True))
-            getattr(self, f"feat_std{i}").copy_(f.std((0, 2, 3), keepdim=True).clamp_min(1e-4))
+        if self.standardizes:  # otherwise the buffers stay mean 0, std 1: raw features
+            for i, f in enumerate(raw):
+                getattr(self, f"feat_mean{i}").copy_(f.mean((0, 2, 3), keepdim=True))
+                getattr(self, f"feat_std{i}").copy_(f.std((0, 2, 3), keepdim=True).clamp_min(1e-4))
         normal = [self.level_vectors(i, f) for i, f in enumerate(raw)]
         trainer = MinibatchTrainer(self, c.epochs, c.batch_size, report=self.report)
         trainer.run(*self.streams(train, images, normal, trainer))
         with torch.no_grad():  # the per-level maximum of the training log-likelihoods anchors the score
             maps = [torch.cat(parts) for parts in zip(*(self.log_likelihood_maps(b) for b in images.split(256)))]
             self.level_max.copy_(torch.stack([m.max() for m in maps]))
+
+    @property
+    def standardizes(self) -> bool:
+        """Whether the features are standardized per channel (``standardize``; "auto": the pretext encoder)."""
+        s = self.config.standardize
+        return s == "always" or (s == "auto" and isinstance(self.backbone, PretextFeatures))
 
     def streams(self, train: TrainSet, images: torch.Tensor, normal: list[tuple[torch.Tensor, torch.Tensor]],
                 trainer: MinibatchTrainer) -> list[Stream]:
@@ -213,15 +244,24 @@ class FlowAD(Detector):
         return self
 
     def level_vectors(self, level: int, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardized feature vectors of one level and their positional conditions."""
+        """Feature vectors of one level (standardized when ``standardizes``) and their positional conditions."""
         feat = (raw - getattr(self, f"feat_mean{level}")) / getattr(self, f"feat_std{level}")
         n, _, h, w = feat.shape
         return _flatten(feat), self.condition(level, n, h, w)
 
     def step_loss(self, level: int, x: torch.Tensor, cond: torch.Tensor, epoch: int) -> torch.Tensor:
-        """Maximum likelihood on normal vectors: mean −log σ(l)."""
+        """The authors' unsupervised loss (``engines/bgad_train_engine.py``): on the first ``normal_only_epochs``
+        mean −log σ(l); then the (focal-weighted) likelihood term plus the pull term on the batch's normals
+        at or below the boundary b_n (the lowest β of them), focal-weighted when set."""
+        c = self.config
         l_normal = self.flows[level].log_prob(x, cond) / x.shape[1]
-        return -F.logsigmoid(l_normal).mean()
+        if epoch < c.normal_only_epochs:
+            return likelihood_loss(l_normal, c.normalizer)
+        loss = likelihood_loss(l_normal, c.normalizer, focal=c.focal_weighting)
+        if c.boundary_weight == 0:
+            return loss
+        pull, _ = pull_term(l_normal, c.beta, c.normalizer, c.focal_weighting)
+        return loss + c.boundary_weight * pull
 
 
 @register_method("bgad")
@@ -229,8 +269,20 @@ class BGAD(FlowAD):
     """BGAD (Yao et al., 2023): flows + explicit boundary + semi-push-pull loss on a few known anomalies."""
 
     Config = BGADConfig
-    version = "3"
+    version = "4"  # 4: raw torchvision features, cell_labels, the pushed focal weight's maximum kept
     needs_anomalies = True
+
+    def __init__(self, image_shape, config=None) -> None:
+        super().__init__(image_shape, config)
+        # per level, the largest abnormal focal weight of a pushed anomalous cell over the run (the weight
+        # 0.53(1 + e^u)²/|u| grows without bound as u = l/normalizer nears 0; the authors divide unguarded)
+        self.register_buffer("push_weight_max", torch.zeros(len(self.flows)))
+
+    def fit(self, train: TrainSet) -> None:
+        self.push_weight_max.zero_()
+        super().fit(train)
+        values = ", ".join(f"{v:.3g}" for v in self.push_weight_max.tolist())
+        self.report(self.config.epochs, self.config.epochs, f"largest pushed focal weight per level: {values}")
 
     def streams(self, train: TrainSet, images: torch.Tensor, normal: list[tuple[torch.Tensor, torch.Tensor]],
                 trainer: MinibatchTrainer) -> list[Stream]:
@@ -279,14 +331,20 @@ class BGAD(FlowAD):
         return streams
 
     def labelled_cells(self, images: torch.Tensor, masks: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """Per level: the feature vectors of every cell of ``images``, their conditions, and their labels (1
-        where the nearest-neighbour downsampled mask is set, as the authors' ``F.interpolate(mode='nearest')``)."""
+        """Per level: the feature vectors of every cell of ``images``, their conditions, and their labels.
+        ``cell_labels: nearest``: 1 where the nearest-neighbour downsampled mask is set (the authors'
+        ``F.interpolate(mode='nearest')``: one pixel per cell decides); ``area``: 1 where at least
+        ``cell_area_fraction`` of the cell's pixels are defect."""
+        c = self.config
         with torch.no_grad():
             raw = [torch.cat(parts) for parts in zip(*(self.backbone(b) for b in images.split(256)))]
         cells = self.padding.pad(masks[:, None].float())  # the feature maps cover the padded image
         out = []
         for level, f in enumerate(raw):
-            labels = F.interpolate(cells, size=f.shape[-2:], mode="nearest")
+            if c.cell_labels == "nearest":
+                labels = F.interpolate(cells, size=f.shape[-2:], mode="nearest")
+            else:
+                labels = (F.adaptive_avg_pool2d(cells, f.shape[-2:]) >= c.cell_area_fraction).float()
             vectors, cond = self.level_vectors(level, f)
             out.append((vectors, cond, _flatten(labels).squeeze(1)))
         return out
@@ -305,4 +363,7 @@ class BGAD(FlowAD):
         if len(l_anomalous) == 0 or len(l_normal) == 0:
             return loss
         pull, push, _ = semi_push_pull(l_normal, l_anomalous, c.beta, c.tau, c.normalizer, c.focal_weighting)
+        with torch.no_grad():
+            weight = pushed_weight_max(l_normal, l_anomalous, c.beta, c.tau, c.normalizer)
+            self.push_weight_max[level] = torch.maximum(self.push_weight_max[level], weight)
         return loss + c.boundary_weight * (pull + push)

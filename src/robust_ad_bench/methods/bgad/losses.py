@@ -39,25 +39,44 @@ def normal_boundary(l_normal: torch.Tensor, beta: float, normalizer: float) -> t
     return values.kthvalue(rank + 1).values / normalizer
 
 
+def pull_term(l_normal: torch.Tensor, beta: float, normalizer: float,
+              focal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pull, b_n)``: pull = mean(b_n − l/normalizer) over the normals at or below b_n (each weighted by its
+    normal focal weight when ``focal``), b_n = ``normal_boundary``. The authors' unsupervised form adds it
+    to the likelihood term (``calculate_bg_spp_loss_normal`` in ``engines/bgad_train_engine.py``); an empty
+    set contributes 0."""
+    ln = l_normal / normalizer
+    b_n = normal_boundary(l_normal, beta, normalizer)
+    below = ln <= b_n
+    w_n = normal_focal_weights(l_normal, normalizer) if focal else torch.ones_like(ln)
+    pull = ((b_n - ln) * w_n)[below].mean() if below.any() else ln.sum() * 0
+    return pull, b_n
+
+
 def semi_push_pull(l_normal: torch.Tensor, l_anomalous: torch.Tensor, beta: float, tau: float,
                    normalizer: float, focal: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(pull, push, b_n)``: the boundary-guided terms of BGAD on per-dimension log-likelihoods.
 
-    b_n = ``normal_boundary`` (anomalies never move it); pull = mean(b_n − l/normalizer) over normals
-    below b_n; push = mean(l/normalizer − b_a) over anomalies above b_a = b_n − τ. ``focal``: each term is
-    weighted by the vector's focal weight. An empty set contributes 0 (in the authors' code its mean is NaN
-    and its gradient empty, which is the same step).
+    b_n = ``normal_boundary`` (anomalies never move it); pull = ``pull_term``; push = mean(l/normalizer − b_a)
+    over anomalies above b_a = b_n − τ. ``focal``: each term is weighted by the vector's focal weight. An
+    empty set contributes 0 (in the authors' code its mean is NaN and its gradient empty, which is the same
+    step).
     """
-    ln, la = l_normal / normalizer, l_anomalous / normalizer
-    b_n = normal_boundary(l_normal, beta, normalizer)
-    b_a = b_n - tau
-    below, above = ln <= b_n, la >= b_a
-    w_n = normal_focal_weights(l_normal, normalizer) if focal else torch.ones_like(ln)
+    pull, b_n = pull_term(l_normal, beta, normalizer, focal)
+    la = l_anomalous / normalizer
+    above = la >= b_n - tau
     w_a = abnormal_focal_weights(l_anomalous, normalizer) if focal else torch.ones_like(la)
-    zero = ln.sum() * 0
-    pull = ((b_n - ln) * w_n)[below].mean() if below.any() else zero
-    push = ((la - b_a) * w_a)[above].mean() if above.any() else zero
+    push = ((la - (b_n - tau)) * w_a)[above].mean() if above.any() else la.sum() * 0
     return pull, push, b_n
+
+
+def pushed_weight_max(l_normal: torch.Tensor, l_anomalous: torch.Tensor, beta: float, tau: float,
+                      normalizer: float) -> torch.Tensor:
+    """The largest abnormal focal weight among the anomalous vectors the push term acts on (those above b_a);
+    0 when there are none. Logged per run: the weight grows as 1/|l/normalizer| near 0."""
+    b_a = normal_boundary(l_normal, beta, normalizer) - tau
+    weights = abnormal_focal_weights(l_anomalous, normalizer)[l_anomalous.detach() / normalizer >= b_a]
+    return weights.max() if len(weights) else weights.new_zeros(())
 
 
 def likelihood_loss(l_normal: torch.Tensor, normalizer: float, focal: bool = False) -> torch.Tensor:

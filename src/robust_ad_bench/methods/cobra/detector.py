@@ -75,8 +75,15 @@ class ContrastiveConfig(DetectorConfig):
     # accuracy on held-out training normals is >= 0.6 on every texture (README, "Choices")
     scar_width: tuple[float, float] = (0.15, 0.4)
     scar_length: tuple[float, float] = (0.25, 0.6)
+    # the views' colour jitter as the authors' ColorJitterLayer: contrast, saturation and value factors in
+    # 1 ± color_jitter, hue turned by ± hue_jitter (times 255/360 of the circle), p = 0.8
     color_jitter: float = 0.4
-    crop_min_scale: float = 1.0  # random resized crop of the views (1 = off)
+    hue_jitter: float = 0.1
+    crop_min_scale: float = 1.0  # random resized crop of the views, area in [crop_min_scale, 1] (1 = off)
+    # the score's views, when the views are cropped (crop_min_scale < 1, the authors' low-resolution setting):
+    # crop area fixed at this fraction (the authors' eval.py: resize_factor 0.54, resize_fix); None: the
+    # training range
+    score_crop_scale: float | None = 0.54
     temperature: float = 0.5
     # optimization: "adam", or the paper's "lars" (SGD + layer-wise trust ratio, momentum 0.9);
     # linear warm-up from lr to warmup_multiplier·lr (the authors' 10×; none without warm-up epochs), then
@@ -107,6 +114,8 @@ class ContrastiveConfig(DetectorConfig):
                 raise unknown_choice(kind, value, valid)
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+        if self.score_crop_scale is not None and not 0 < self.score_crop_scale <= 1:
+            raise ValueError(f"score_crop_scale must be in (0, 1] or null, got {self.score_crop_scale}")
         if self.score_draws < 1 or self.samples_per_epoch < 0 or self.warmup_multiplier < 1:
             raise ValueError("score_draws must be >= 1, samples_per_epoch >= 0 and warmup_multiplier >= 1, got "
                              f"{self.score_draws}, {self.samples_per_epoch}, {self.warmup_multiplier}")
@@ -146,7 +155,10 @@ class ContrastiveEncoder(nn.Module):
 class Contrastive(Detector):
     """Contrastive encoder on normal images + pseudo-anomalies (CSI-style), no adversarial training."""
 
-    version = "3"  # 3: no bias before batch norm in the small CNN (digits); 2: the authors' scar, both groups, LARS
+    # 2: the authors' scar, score over both groups and 10 draws, LARS on every parameter; 3: the authors' view
+    # colour jitter (hue, contrast/HSV in random order, jitter before the crop), the fixed scoring crop, and no
+    # bias before batch norm in the small CNN (digits)
+    version = "3"
     Config = ContrastiveConfig
     below_chance_note = ("the authors' score over both groups: on the 32-px textures the scarred copies' terms rank "
                          "defects as normal (methods/cobra/README.md); score_groups: identity scores without them")
@@ -181,13 +193,22 @@ class Contrastive(Detector):
             v = random_flip(x, generator, shared=True)
             if c.score_groups == "all":
                 v = expand_groups(v, self.pseudo_anomaly, (c.scar_width, c.scar_length), generator, shared=True)
-            draws.append(simclr_augment(v, c.color_jitter, c.crop_min_scale, generator, shared=True))
+            draws.append(simclr_augment(v, c.color_jitter, self.score_crop, generator, shared=True, hue=c.hue_jitter))
         z, logits = self.encoder(self.normalize(torch.cat(draws)))
         g, n = (self.groups if c.score_groups == "all" else 1), len(x)
         z = z.view(c.score_draws, g, n, -1).mean(0)
         logits = logits.view(c.score_draws, g, n, -1).mean(0)
         own = logits[torch.arange(g), :, torch.arange(g)]  # logit of each group's own class
         return z, own
+
+    @property
+    def score_crop(self) -> tuple[float, float]:
+        """The crop-area range of the score's views: fixed at ``score_crop_scale`` where the views are cropped
+        (the authors' scoring at low resolution), else the training range."""
+        c = self.config
+        if c.crop_min_scale < 1 and c.score_crop_scale is not None:
+            return (c.score_crop_scale, c.score_crop_scale)
+        return (c.crop_min_scale, 1.0)
 
     def score(self, x: torch.Tensor, smooth: bool = False) -> torch.Tensor:
         z, own = self._group_features(x)
@@ -248,8 +269,9 @@ class Contrastive(Detector):
         c = self.config
         size = (c.scar_width, c.scar_length)
         v1, v2 = random_flip(x.repeat(2, 1, 1, 1)).chunk(2)
-        v1 = simclr_augment(expand_groups(v1, self.pseudo_anomaly, size), c.color_jitter, c.crop_min_scale)
-        v2 = simclr_augment(expand_groups(v2, self.pseudo_anomaly, size), c.color_jitter, c.crop_min_scale)
+        crop = (c.crop_min_scale, 1.0)
+        v1 = simclr_augment(expand_groups(v1, self.pseudo_anomaly, size), c.color_jitter, crop, hue=c.hue_jitter)
+        v2 = simclr_augment(expand_groups(v2, self.pseudo_anomaly, size), c.color_jitter, crop, hue=c.hue_jitter)
         labels = torch.arange(self.groups, device=x.device).repeat_interleave(len(x))
         return v1, v2, labels
 

@@ -45,9 +45,12 @@ def pair_nt_xent(anchors: torch.Tensor, targets: torch.Tensor, temperature: floa
     """Per-anchor InfoNCE of ``anchors[i]`` with ``targets[i]`` as its positive and the other targets as its
     negatives. Shape: (M,). The training attacks maximize or minimize it with the targets fixed.
 
-    The authors' code also counts the other (moving) anchors as negatives, which couples the samples of a
-    batch: the attack then mostly pushes the anchors apart from each other. Here row i depends on
-    ``anchors[i]`` only, so each sample's attack goes toward (or away from) its own target.
+    The authors' attack loss (``adv_training/attack.py`` with ``pairwise_similarity`` of
+    ``adv_training/loss.py``) is NT-Xent over [anchors, targets] whose similarity columns are detached: each
+    anchor's gradient also flows through its own row only, but that row's denominator holds the other anchors'
+    current embeddings as (fixed) negatives besides the targets. Here they are left out: row i is a function
+    of ``anchors[i]`` and the targets only, so a sample's attack does not depend on the other images of its
+    batch and is not also pushed away from the other anchors' current positions.
     """
     a, t = F.normalize(anchors, dim=1), F.normalize(targets, dim=1)
     log_p = torch.log_softmax(a @ t.T / temperature, dim=1)

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from robust_ad_bench.core.errors import unknown_choice
-from robust_ad_bench.methods.cobra.scar import STRIP_LENGTH, STRIP_WIDTH, draw, scar
+from robust_ad_bench.methods.cobra.scar import STRIP_LENGTH, STRIP_WIDTH, draw, hsv_adjust, scar
 
 PSEUDO_ANOMALIES = ("auto", "rotation", "scar")
 GROUPS = {"rotation": 4, "scar": 2}
+HUE_JITTER = 0.1  # the authors' ColorJitterLayer(0.4, 0.4, 0.4, hue=0.1, p=0.8)
 
 
 def num_groups(kind: str) -> int:
@@ -83,20 +84,51 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, share
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def simclr_augment(x: torch.Tensor, jitter: float, crop_min_scale: float, generator: torch.Generator | None = None,
-                   shared: bool = False) -> torch.Tensor:
-    """Random resized crop (area in [crop_min_scale, 1], aspect 3/4–4/3) and, with probability 0.8,
-    brightness/contrast/saturation jitter of strength ``jitter``; colour images turn gray with p = 0.2.
-    Random numbers from ``generator`` (CPU; the global one when None), one draw for the batch when
-    ``shared``."""
+def simclr_augment(x: torch.Tensor, jitter: float, crop_scale: tuple[float, float], generator: torch.Generator |
+                   None = None, shared: bool = False, hue: float = HUE_JITTER) -> torch.Tensor:
+    """The authors' view augmentation (rohban-lab/COBRA, ``get_simclr_augmentation`` with their
+    ``ColorJitterLayer``, ``RandomColorGrayLayer`` and ``RandomResizedCropLayer``), in their order:
+
+    1. with p = 0.8 per image, colour jitter: a contrast change about each channel's mean (factor in
+       1 ± ``jitter``) and an HSV change (hue turned by a factor in ± ``hue`` times 255/360 of the circle, as
+       their layer scales it; saturation and value multiplied by factors in 1 ± ``jitter``), the two in a
+       random order (one coin per call, as theirs per batch); a one-channel image has only its value (V = the
+       pixel) scaled;
+    2. colour images turn gray with p = 0.2;
+    3. a random resized crop whose area is drawn in ``crop_scale`` (aspect 3/4–4/3, reflection padding); none
+       when ``crop_scale`` is (1, 1).
+
+    Random numbers from ``generator`` (CPU; the global one when None), one draw for the batch when ``shared``.
+    Differentiable (the authors' HSV layer passes the gradient straight through; ours is the exact one)."""
     n, c = x.shape[:2]
     dev, dt = x.device, x.dtype
 
     def rand(*size: int) -> torch.Tensor:
         return draw(n, generator, shared, *size).to(dev, dt)
 
-    if crop_min_scale < 1:
-        area = crop_min_scale + (1 - crop_min_scale) * rand()
+    if jitter > 0 or hue > 0:
+        apply = rand(1, 1, 1) < 0.8
+        contrast, saturation, value = (1 + jitter * (rand(1, 1, 1) * 2 - 1) for _ in range(3))
+        shift = hue * (rand(1, 1, 1) * 2 - 1) * 255 / 360
+        contrast_first = bool(draw(1, generator, True)[0] < 0.5)
+
+        def adjust_contrast(y: torch.Tensor) -> torch.Tensor:
+            mean = y.mean((2, 3), keepdim=True)
+            return ((y - mean) * contrast + mean).clamp(0, 1)
+
+        def adjust_hsv(y: torch.Tensor) -> torch.Tensor:
+            if c != 3:
+                return (y * value).clamp(0, 1)
+            return hsv_adjust(y, shift, saturation, value)
+
+        jittered = adjust_hsv(adjust_contrast(x)) if contrast_first else adjust_contrast(adjust_hsv(x))
+        x = torch.where(apply, jittered, x)
+    if c == 3:
+        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=dt)[:, None, None]).sum(1, True)
+        x = torch.where(rand(1, 1, 1) < 0.2, gray.expand_as(x), x)
+    lo, hi = crop_scale
+    if lo < 1:
+        area = lo + (hi - lo) * rand()
         log_ratio = (rand() * 2 - 1) * math.log(4 / 3)
         sx = (area * log_ratio.exp()).sqrt().clamp(max=1)
         sy = (area / log_ratio.exp()).sqrt().clamp(max=1)
@@ -106,18 +138,4 @@ def simclr_augment(x: torch.Tensor, jitter: float, crop_min_scale: float, genera
         theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if jitter > 0:
-        apply = (rand(1, 1, 1) < 0.8).to(dt)
-
-        def factor() -> torch.Tensor:
-            return 1 + apply * jitter * (rand(1, 1, 1) * 2 - 1)
-
-        x = x * factor()
-        mean = x.mean((1, 2, 3), keepdim=True)
-        x = (x - mean) * factor() + mean
-        if c == 3:
-            gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=dt)[:, None, None]).sum(1, True)
-            x = (x - gray) * factor() + gray
-            to_gray = rand(1, 1, 1) < 0.2
-            x = torch.where(to_gray, gray.expand_as(x), x)
     return x.clamp(0, 1)

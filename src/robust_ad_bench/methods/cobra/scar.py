@@ -56,19 +56,32 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1, keepdim=True)
 
 
-def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """RGB images with their hue turned by ``shift`` (N×1×1×1, a fraction of the hue circle); the HSV round
-    trip keeps gradients (divisions guarded)."""
+def hsv_adjust(x: torch.Tensor, hue_shift: torch.Tensor | float, saturation: torch.Tensor | float = 1.0,
+               value: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """RGB images through HSV: hue turned by ``hue_shift`` (a fraction of the circle), saturation and value
+    multiplied by their factors and clipped to [0, 1] (each N×1×1×1 or a number). The round trip keeps
+    gradients (divisions guarded); with factors 1 and shift 0 it returns the image."""
     r, g, b = x.unbind(1)
-    value, _ = x.max(1)
-    chroma = value - x.min(1).values
+    v, _ = x.max(1)
+    chroma = v - x.min(1).values
     safe = chroma.clamp_min(1e-8)
-    hue = torch.where(value == r, ((g - b) / safe) % 6,
-                      torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
-    hue = (hue + shift[:, 0]) % 1
-    sat = chroma / value.clamp_min(1e-8)
+    hue = torch.where(v == r, ((g - b) / safe) % 6,
+                      torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    if isinstance(hue_shift, torch.Tensor):
+        hue_shift = hue_shift[:, 0]
+    hue = (hue + hue_shift) % 1
+    sat = chroma / v.clamp_min(1e-8)
+    if isinstance(saturation, torch.Tensor) or saturation != 1:
+        sat = (sat * (saturation[:, 0] if isinstance(saturation, torch.Tensor) else saturation)).clamp(0, 1)
+    if isinstance(value, torch.Tensor) or value != 1:
+        v = (v * (value[:, 0] if isinstance(value, torch.Tensor) else value)).clamp(0, 1)
     k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype)[None, :, None, None] + hue[:, None] * 6) % 6
-    return value[:, None] - (value * sat)[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+    return v[:, None] - (v * sat)[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """RGB images with their hue turned by ``shift`` (N×1×1×1, a fraction of the hue circle)."""
+    return hsv_adjust(x, shift)
 
 
 def color_jitter(x: torch.Tensor, generator, shared: bool) -> torch.Tensor:
