@@ -230,7 +230,8 @@ class Store:
         # row_order: the order rows were written in (INSERT OR REPLACE gives a replaced row a new rowid), which
         # tells the latest configuration of a leaderboard cell
         columns = ", ".join(c if c in self._columns else f"NULL AS {c}" for c in RESULT_COLUMNS)
-        query = f"SELECT rowid AS row_order, {columns} FROM results" + (f" WHERE {' AND '.join(where)}" if where else "")
+        query = (f"SELECT rowid AS row_order, {columns} FROM results"
+                 + (f" WHERE {' AND '.join(where)}" if where else ""))
         frame = pd.read_sql_query(query + " ORDER BY method, dataset, normal_class, seed, attack, eps",
                                   self.conn, params=tuple(params))
         frame["adversarially_trained"] = frame["adversarially_trained"].astype(bool)
