@@ -14,7 +14,8 @@ import time
 import torch
 from torch import nn
 
-from robust_ad_bench.attacks.autoattack import TwoLogitDetector, best_by_objective
+from robust_ad_bench.attacks.autoattack import TwoLogitDetector
+from robust_ad_bench.core.attack import select_best
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
 
@@ -47,7 +48,7 @@ def bare_autoattack(detector: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     runs = {"apgd-ce": lambda: adversary.apgd.perturb(x, y.long(), best_loss=True),
             "fab": lambda: adversary.fab.perturb(x, y.long()),
             "square": lambda: adversary.square.perturb(x, y.long())}
-    return best_by_objective(detector.score, [runs[c]() for c in components], y)
+    return select_best(detector.score, {c: runs[c]() for c in components}, y)[0]
 
 
 def timed(fn) -> float:

@@ -42,3 +42,38 @@ def test_masking_power_script_runs_on_tiny_inputs():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 0")]
     assert len(rows) == 4 and "unmasked (false alarms)" in rows[0] and "| 50 % |" in rows[1]
+
+
+def run_script(name: str, *args: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_attack_speed_script_runs_on_tiny_inputs():
+    out = run_script("attack_speed.py", "--dataset", "digits", "--method", "ae", "--repeats", "1", "--steps", "2",
+                     "--iters", "2", "--queries", "5")
+    assert "PGD-2: ours" in out and "AutoAttack (apgd-ce+fab+square" in out and "ratio" in out
+
+
+def test_default_run_and_worst_case_report_scripts_run_on_a_tiny_grid(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = run_script("default_run.py", "--out", str(tmp_path / "res"), "--config", str(config), "--methods", "knn")
+    assert "first run:" in out and "second run (all cached):" in out and out.count("exit status 0") == 2
+    report = run_script("worst_case_report.py", str(tmp_path / "res"))
+    assert "per_image" in report and "knn" in report
+
+
+def test_dataset_loading_script_runs_on_a_tiny_category():
+    out = run_script("dataset_loading.py", "--source-size", "32", "--resize", "32")
+    assert "decode:" in out and "from the disk cache" in out
+
+
+def test_parallel_harness_store_part_and_sla2p_throughput_run_on_tiny_inputs():
+    assert "claiming and releasing one model" in run_script("parallel_harness.py", "--parts", "store")
+    out = run_script("sla2p_throughput.py", "--k", "4", "--repeats", "1", "--batch", "16")
+    assert "sla2p-const-inner" in out and "img/s" in out
