@@ -124,6 +124,9 @@ class AnomalibDetector(Detector):
 
     Config = AnomalibConfig
     version = "1"
+    # Named, not in `--methods all`: the default grid stays the same whether the optional extra is installed
+    # or not (its jobs, its time, the tests that count it).
+    hidden = True
 
     def __init__(self, image_shape, config=None) -> None:
         super().__init__(image_shape, config)
