@@ -60,6 +60,9 @@ def difference(config: Any, reference: Any, most: int = 3) -> str:
 
 def _ordered(results: pd.DataFrame) -> pd.DataFrame:
     """``results`` with its storage order (``row_order``, else ``finished_at``, else as given) and config id."""
+    for column, empty in (("config", "{}"), ("attack_detail", "")):  # frames built by hand may lack them
+        if column not in results:
+            results = results.assign(**{column: empty})
     order = results["row_order"] if "row_order" in results else pd.Series(range(len(results)), results.index)
     if "finished_at" in results and "row_order" not in results:
         order = results["finished_at"].astype(str) + order.map(lambda n: f"{n:012d}")
