@@ -12,7 +12,7 @@ test scores, pinned with them, so one rule serves scores of any scale and offset
 ``python tests/test_pinned_behaviour.py dump FILE`` writes every score of the pinned grids in the current
 environment; ``... variation REF FILE...`` prints, per method, the largest change against REF.
 ``benchmarks/PINNED_VARIATION.md`` lists the environments measured (torch releases, thread counts, CPU
-instruction sets) and the figures. The scores are computed at one torch thread, as CI runs them."""
+instruction sets) and the figures. The test computes the scores at one torch thread."""
 
 from __future__ import annotations
 
