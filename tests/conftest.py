@@ -34,6 +34,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _serial_cli(monkeypatch) -> None:
+    """The CLI's own default executor is worker processes on a machine with several cores; the tests of other
+    things run its commands in this process (``test_executors`` tests the default itself)."""
+    from robust_ad_bench.benchmark import cli
+
+    monkeypatch.setattr(cli, "default_executor", lambda: "serial")
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: results that must match bit for bit across processes."""

@@ -143,3 +143,33 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(BenchError, match=r'pip install -e "\.\[ray\]"'):
         import_ray()
+
+
+@pytest.mark.parametrize(("cores", "expected", "threads"), [(2, "local", 1), (4, "local", 1), (1, "serial", 1)])
+def test_run_uses_a_worker_per_core_by_default(monkeypatch, cores, expected, threads):
+    """``run`` without ``--executor`` (and no executor in its config) starts one worker per core, each with its
+    share of the threads; on one core it stays in this process. A flag or the config's choice wins."""
+    from robust_ad_bench.benchmark import cli, execution
+
+    monkeypatch.setattr(cli, "default_executor", execution.default_executor)  # undo the suite's serial default
+    monkeypatch.setattr(execution, "cpu_count", lambda: cores)
+    args = cli.build_parser().parse_args(["run", "--methods", "knn"])
+    cfg = make_grid_config(None, None, **cli.grid_flags(args))
+    assert cfg.execution.executor == expected
+    executor = make_executor(cfg.execution)
+    assert isinstance(executor, LocalExecutor if expected == "local" else SerialExecutor)
+    if expected == "local":
+        assert (cfg.execution.local_workers(), cfg.execution.worker_threads()) == (cores, threads)
+    explicit = cli.build_parser().parse_args(["run", "--executor", "serial"])
+    assert make_grid_config(None, None, **cli.grid_flags(explicit)).execution.executor == "serial"
+
+
+def test_a_config_naming_its_executor_keeps_it(monkeypatch, tmp_path):
+    from robust_ad_bench.benchmark import cli, execution
+
+    monkeypatch.setattr(cli, "default_executor", execution.default_executor)
+    monkeypatch.setattr(execution, "cpu_count", lambda: 2)
+    config = tmp_path / "grid.yaml"
+    config.write_text("execution: {executor: serial}\n")
+    args = cli.build_parser().parse_args(["run", "--config", str(config)])
+    assert make_grid_config(args.config, None, **cli.grid_flags(args)).execution.executor == "serial"

@@ -27,7 +27,7 @@ from robust_ad_bench.benchmark.cli_reports import (
 )
 from robust_ad_bench.benchmark.config import make_grid_config
 from robust_ad_bench.benchmark.dry_run import dry_run
-from robust_ad_bench.benchmark.execution import EXECUTORS
+from robust_ad_bench.benchmark.execution import EXECUTORS, default_executor
 from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reproduce import plan
@@ -77,8 +77,10 @@ class RichHooks(Hooks):
 
 
 def grid_flags(args: argparse.Namespace) -> dict:
-    """The grid options given on the command line (None: not given)."""
-    return dict(methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
+    """The grid options given on the command line (None: not given), and the executor when neither a flag
+    nor the config names one (worker processes on a machine with more than one core)."""
+    return dict(default_executor=default_executor(),
+                methods=args.methods, datasets=args.datasets, attacks=args.attacks, eps=args.eps,
                 seeds=args.seeds, classes=args.classes, out=args.out, device=args.device,
                 checks=False if args.no_checks else None, data_root=args.data_root,
                 execution={"executor": args.executor, "workers": args.workers, "threads": args.threads,
@@ -251,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
             "reproduce", parents=[common], help="run a paper's packaged configs on the data present and print "
                                                  "reported vs reproduced figures")):
         parser_.add_argument("--data-root", help=f"folder holding the datasets (default: ${DATA_ENV})")
-        parser_.add_argument("--executor", help=f"{', '.join(EXECUTORS)}: this process (default), worker "
-                                                 "processes on this machine, or Ray (the [ray] extra)")
+        parser_.add_argument("--executor", help=f"{', '.join(EXECUTORS)}: this process, worker processes on this "
+                                                 "machine (default when it has more than one core), or Ray "
+                                                 "(the [ray] extra)")
         parser_.add_argument("--workers", type=_number(int),
                              help="local: worker processes (default: one per core); ray: CPUs of the local cluster")
         parser_.add_argument("--threads", type=_number(int),

@@ -189,10 +189,12 @@ def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
 
 
 def make_grid_config(yaml_path: str | None = None, sets: list[str] | None = None,
-                     execution: dict[str, Any] | None = None, **overrides: Any) -> GridConfig:
+                     execution: dict[str, Any] | None = None, default_executor: str | None = None,
+                     **overrides: Any) -> GridConfig:
     """The packaged ``default`` grid, the options of the YAML file ``yaml_path`` on top of it (each option
     the file names replaces the default's), then ``--set`` options, then CLI flags (those not None);
-    ``execution`` flags are merged into the ``execution`` section."""
+    ``execution`` flags are merged into the ``execution`` section; ``default_executor`` is the executor when
+    none of them names one (the CLI's: ``execution.default_executor``)."""
     data = load_yaml("default")
     if yaml_path and yaml_path != "default":
         data.update(load_yaml(yaml_path))
@@ -202,6 +204,9 @@ def make_grid_config(yaml_path: str | None = None, sets: list[str] | None = None
         section = data.get("execution")
         data["execution"] = {**(section if isinstance(section, dict) else {}),
                              **{k: v for k, v in execution.items() if v is not None}}
+    section = data.get("execution")
+    if default_executor and section is not False and not (isinstance(section, dict) and section.get("executor")):
+        data["execution"] = {**(section if isinstance(section, dict) else {}), "executor": default_executor}
     for key in ("methods", "datasets", "attacks"):
         if key in data:
             data[key] = _names(data[key], key)

@@ -78,6 +78,13 @@ class ExecutionConfig:
         return cpu_count()
 
 
+def default_executor() -> str:
+    """The executor of ``run`` and ``reproduce`` when neither a flag nor the config names one: a worker
+    process per core (threads split between them) on a machine with more than one core, else this process.
+    Results do not depend on it at equal threads per worker (every step seeds itself from its key)."""
+    return "local" if cpu_count() > 1 else "serial"
+
+
 def cpu_count() -> int:
     """The cores this process may use."""
     try:
