@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robust_ad_bench.core.attack import Attack, AttackConfig, attack_objective
+from robust_ad_bench.core.attack import Attack, AttackConfig, Settle, attack_objective
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import register_attack
 
@@ -39,11 +39,38 @@ def square_fraction(p_init: float, query: int, queries: int) -> float:
     return p_init / 512
 
 
+class _Queries:
+    """The objective of a search, queried only on the images not settled (``core.attack.Settle``; then
+    called as ``objective(z, rows)``). Proposals are still drawn for every image, so the random numbers, and
+    the search of every image still active, are those of the search without settling."""
+
+    def __init__(self, objective, n: int, device: torch.device, settle: Settle | None) -> None:
+        self.objective, self.settle = objective, settle
+        self.rows = settle.active() if settle is not None else torch.arange(n, device=device)
+        self.n, self.device = n, device
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if self.settle is None:
+            return self.objective(z)
+        value = torch.full((self.n,), -torch.inf, device=self.device, dtype=z.dtype)
+        if len(self.rows):
+            value[self.rows] = self.objective(z[self.rows], self.rows)
+        return value
+
+    def update(self, best_val: torch.Tensor) -> None:
+        if self.settle is not None and len(self.rows):
+            keep = self.settle.update(best_val[self.rows], self.rows)
+            if not bool(keep.all()):
+                self.rows = self.rows[keep]
+
+
 def square_search(objective, x: torch.Tensor, eps: float, *, queries: int, p_init: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Maximize ``objective`` (per sample, forward passes only) over the Linf eps-ball ∩ [0, 1]."""
+                  generator: torch.Generator | None = None, settle: Settle | None = None) -> torch.Tensor:
+    """Maximize ``objective`` (per sample, forward passes only) over the Linf eps-ball ∩ [0, 1]; with
+    ``settle``, only on the images not settled (``_Queries``)."""
     n, c, h, w = x.shape
     dev = x.device
+    objective = _Queries(objective, n, dev, settle)
 
     def rand_sign(*shape: int) -> torch.Tensor:
         return torch.randint(0, 2, shape, generator=generator).to(dev, x.dtype) * 2 - 1
@@ -53,6 +80,7 @@ def square_search(objective, x: torch.Tensor, eps: float, *, queries: int, p_ini
     best = (x + delta).clamp(0, 1)
     with torch.no_grad():
         best_val = objective(best)
+        objective.update(best_val)
         rows, cols = torch.arange(h, device=dev), torch.arange(w, device=dev)
         for query in range(queries):
             side = max(1, min(h, w, round(math.sqrt(square_fraction(p_init, query, queries) * h * w))))
@@ -66,6 +94,7 @@ def square_search(objective, x: torch.Tensor, eps: float, *, queries: int, p_ini
             better = value > best_val
             best = torch.where(better.view(-1, 1, 1, 1), proposal, best)
             best_val = torch.where(better, value, best_val)
+            objective.update(best_val)
     return best
 
 
@@ -106,10 +135,12 @@ def place(block: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w:
 
 
 def square_search_l2(objective, x: torch.Tensor, eps: float, *, queries: int, p_init: float,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Maximize ``objective`` (per sample, forward passes only) over the L2 eps-ball ∩ [0, 1]."""
+                     generator: torch.Generator | None = None, settle: Settle | None = None) -> torch.Tensor:
+    """Maximize ``objective`` (per sample, forward passes only) over the L2 eps-ball ∩ [0, 1]; with
+    ``settle``, only on the images not settled (``_Queries``)."""
     n, c, h, w = x.shape
     dev, dims = x.device, (1, 2, 3)
+    objective = _Queries(objective, n, dev, settle)
 
     def rand_sign(*shape: int) -> torch.Tensor:
         return torch.randint(0, 2, shape, generator=generator).to(dev, x.dtype) * 2 - 1
@@ -127,6 +158,7 @@ def square_search_l2(objective, x: torch.Tensor, eps: float, *, queries: int, p_
     best = (x + delta).clamp(0, 1)
     with torch.no_grad():
         best_val = objective(best)
+        objective.update(best_val)
         for query in range(queries):
             side = round(math.sqrt(square_fraction(p_init, query, queries) * h * w))
             side = max(1, min(h, w, max(side, 3)))
@@ -151,6 +183,7 @@ def square_search_l2(objective, x: torch.Tensor, eps: float, *, queries: int, p_
             better = value > best_val
             best = torch.where(better.view(-1, 1, 1, 1), proposal, best)
             best_val = torch.where(better, value, best_val)
+            objective.update(best_val)
     return best
 
 
@@ -176,7 +209,9 @@ class Square(Attack):
     masking_check = True  # the sanity checks' gradient-masking check for its norm
     iteration_params = ("queries",)
     search = staticmethod(square_search)
-    version = "4"  # 4: a stochastic score is searched under fixed draws; the clean image is a candidate
+    # 5: settled images are not searched (deterministic detectors; rank metrics unchanged)
+    # 4: a stochastic score is searched under fixed draws; the clean image is a candidate
+    version = "5"
 
     def perturb_batch(self, detector, x, y, eps):
         # a stochastic score under the model's fixed draws: a deterministic slice the random search can
@@ -184,11 +219,12 @@ class Square(Attack):
         score = self.fixed(detector, self.score_fn(detector))
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
 
-        def objective(z: torch.Tensor) -> torch.Tensor:
-            return attack_objective(score, z, y)
+        def objective(z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            return attack_objective(score, z, y if rows is None else y[rows])
 
+        settle = None if getattr(detector, "stochastic", False) else self.settle()  # deterministic scores only
         return self.search(objective, x, eps, queries=self.config.queries, p_init=self.config.p_init,
-                           generator=generator)
+                           generator=generator, settle=settle)
 
 
 @dataclass
@@ -203,5 +239,7 @@ class SquareL2(Square):
 
     Config = SquareL2Config
     norm = "l2"
-    version = "5"  # 5: fixed draws, clean candidate (4: the paper's L2 search, 3 searched the inscribed Linf ball)
+    # 6: settled images are not searched; 5: fixed draws, clean candidate (4: the paper's L2 search, 3 searched
+    # the inscribed Linf ball)
+    version = "6"
     search = staticmethod(square_search_l2)

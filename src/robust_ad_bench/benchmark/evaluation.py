@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark import metrics, settling
 from robust_ad_bench.benchmark.certification import CertifyConfig, certify
 from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.runtime import key_seed, seed_everything
@@ -69,18 +69,45 @@ def score_images(detector: Detector, x: torch.Tensor, draws: int, seed: int) -> 
                               for b in x.split(max(1, images_per_call(SCORE_BATCH, x.shape) // draws))]).numpy()
 
 
+_clean: dict[str, np.ndarray] = {}  # train key -> clean test scores of a deterministic model (this process)
+
+
+def clean_scores(detector: Detector, split: Split, train_key: str, device: torch.device) -> np.ndarray:
+    """The clean test scores of a deterministic model, computed once per model (in this process) for its
+    clean job, its checks and the bounds of its settled images."""
+    if train_key not in _clean:
+        _clean.clear()  # one model at a time, like the model memo
+        _clean[train_key] = score_images(detector, split.test.to(device), 1, 0)
+    return _clean[train_key]
+
+
 def attacked_scores(detector: Detector, split: Split, attack_name: str, params: dict[str, Any], eps: float,
                     device: torch.device, eval_samples: int = 1, seed: int = 0, common: int | None = 0,
-                    subset: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, str]:
+                    subset: np.ndarray | None = None, train_key: str | None = None,
+                    settled: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, str]:
     """Test images (those of ``subset`` when given) attacked by one attack: (the attacked images, their
-    scores, how it attacked). ``common`` seeds the fixed draws the attack judges candidates under."""
+    scores, how it attacked). ``common`` seeds the fixed draws the attack judges candidates under.
+
+    With ``train_key`` a deterministic model's clean scores are computed once (``clean_scores``) and its
+    settled images (``settling``) are not attacked further; ``settled`` (per image of the test set) adds
+    images that other attacks already settled."""
     attack = ATTACKS.get(attack_name)(params)
     attack.common_seed = common
     attack.calibrate(detector, split.train.to(device))
     x, y = split.test, split.test_labels
-    if subset is not None:
-        index = torch.as_tensor(subset, dtype=torch.long)
+    index = torch.as_tensor(subset, dtype=torch.long) if subset is not None else None
+    if index is not None:
         x, y = x[index], y[index]
+    clean = None if detector.stochastic or train_key is None else clean_scores(detector, split, train_key, device)
+    if clean is not None and attack.norm == "none":
+        return x.to(device).clone(), clean if index is None else clean[subset], attack.describe(detector)
+    if clean is not None and settling.ENABLED:
+        labels = split.test_labels.numpy()
+        bounds = settling.settle_bounds(labels, clean)
+        done = settling.settled(labels, clean, bounds) | (settled if settled is not None else False)
+        if index is not None:
+            bounds, done = bounds[subset], done[subset]
+        attack.settle_above, attack.settled = torch.as_tensor(bounds), torch.as_tensor(done)
     x_adv = attack.perturb(detector, x.to(device), y.to(device), eps)
     detail = attack.describe(detector)
     if detector.stochastic and eval_samples > 1:
@@ -92,7 +119,8 @@ def attack_job(job: Job, detector: Detector, split: Split, device: torch.device)
     """Attack the test set, score it, and compute the job's metrics: (its row, the attacked images)."""
     seed_everything(job.key)
     x_adv, scores, detail = attacked_scores(detector, split, job.attack, job.attack_spec.params, job.eps, device,
-                                            job.eval_samples, score_seed(job.key), common_seed(job.train_key))
+                                            job.eval_samples, score_seed(job.key), common_seed(job.train_key),
+                                            train_key=job.train_key)
     labels = split.test_labels.numpy().astype(np.uint8)
     result = metrics_of(labels, scores, job.key)
     if split.test_masks is not None and detector.has_anomaly_map():

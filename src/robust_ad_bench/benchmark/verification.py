@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robust_ad_bench.benchmark import evaluation, metrics
+from robust_ad_bench.benchmark import evaluation, metrics, settling
 from robust_ad_bench.benchmark.checks import CheckConfig, CheckResult, Evaluated, masking_check_attack, run_checks
 from robust_ad_bench.benchmark.jobs import Job, WorstCase
 from robust_ad_bench.benchmark.masking import deterministic_test, stochastic_test, stratified_sample
@@ -54,13 +54,14 @@ class ModelEvaluation:
         self.grid_eps = {(j.norm, eps_key(j.eps)) for j in jobs if j.norm != "none" and j.eps > 0}
 
     # -- attack runs --------------------------------------------------------------------------------
-    def attack(self, attack: str, params: dict[str, Any], eps: float, subset: np.ndarray | None = None
-               ) -> tuple[torch.Tensor, np.ndarray]:
+    def attack(self, attack: str, params: dict[str, Any], eps: float, subset: np.ndarray | None = None,
+               settled: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """One attack run (on ``subset``); ``settled``: images other attacks settled (``settling``)."""
         seed_everything(self.key)
         # the same scoring draws for every check run: eps 0 must equal clean exactly
         x_adv, scores, _ = evaluation.attacked_scores(self.detector, self.split, attack, params, eps, self.device,
                                                       self.draws, evaluation.score_seed(self.key), self.common,
-                                                      subset)
+                                                      subset, self.jobs[0].train_key, settled)
         return x_adv, scores
 
     def evaluate(self, attack: str, params: dict[str, Any], eps: float) -> Evaluated:
@@ -130,7 +131,10 @@ class ModelEvaluation:
         white += [c for c in self.found if c.name.removesuffix("-check") in names and eps_key(c.eps) == eps_key(eps)]
         square = masking_check_attack(norm)
         params = {"queries": cfg.square_queries, "eot_samples": cfg.square_eot_samples, "target": target}
-        x_square, square_scores = self.attack(square, params, eps, sample)
+        # Square skips the images the white-box attacks settled (deterministic detectors: ``settling``)
+        white_all = None if self.stochastic else self.common_scores(white)
+        settled = self.settled_by(white_all)
+        x_square, square_scores = self.attack(square, params, eps, sample, settled)
         partial = np.full(len(self.labels), np.nan)
         partial[sample] = square_scores
         images = None
@@ -153,11 +157,20 @@ class ModelEvaluation:
         detail = f"{len(sample)} images: {test.detail()}"
         if test.flagged:
             # at the eps the test ran at (the grid's largest): the cost of the full-test check it replaces
-            x_adv, scores = self.attack(square, params, eps)
+            x_adv, scores = self.attack(square, params, eps, settled=settled)
             self.keep(Candidate(FULL_SQUARE, norm, eps, scores), x_adv)
             detail += (f"; gradient masking: Square run on all {len(self.labels)} test images (AUROC "
                        f"{metrics.auroc(self.labels, scores):.4f} at eps {eps:g}) and folded into the worst case")
         return [CheckResult(name, "black-box", not test.flagged, test.combined, test.white, detail) for name in names]
+
+    def settled_by(self, rows: np.ndarray | None) -> np.ndarray | None:
+        """The images that the per-image worst of the candidates' scores ``rows`` (K×N) settles (None: a
+        stochastic detector, or the savings off)."""
+        if rows is None or not settling.ENABLED:
+            return None
+        worst = rows[choose(self.labels, rows), np.arange(len(self.labels))]
+        clean = evaluation.clean_scores(self.detector, self.split, self.jobs[0].train_key, self.device)
+        return settling.settled(self.labels, worst, settling.settle_bounds(self.labels, clean))
 
     # -- the worst case -----------------------------------------------------------------------------
     def worst_case(self, group: WorstCase) -> JobResult:

@@ -17,6 +17,13 @@ alone. Candidates are judged under common random numbers on a stochastic detecto
 of that model, so a choice compares images, not noise. The output is checked to lie in the eps-ball and in
 [0, 1] (``check_budget``); an attack that leaves them fails with a message naming it and the excess.
 
+Settled images (an exact saving the benchmark enables for deterministic detectors): the caller may set
+``settle_above`` (per image, an attack-objective value beyond which the image already ranks beyond every
+score the other class can reach, so no rank metric can change any more) and ``settled`` (images settled
+before the attack starts). Searches that support it (PGD, FGSM, Square) stop working on an image once its
+best objective passes that value; their random numbers are drawn as without it, so every other image gets
+the same result.
+
 Iteration budget: ``iteration_params`` names the config fields that count iterations (steps, iters,
 queries) and ``eps_scaled_params`` those holding absolute step sizes; the sanity checks rescale both
 through ``scaled_params``, whatever the attack calls them.
@@ -109,6 +116,25 @@ def select_best(score: ScoreFn, candidates: dict[str, torch.Tensor], y: torch.Te
     return stacked[pick, torch.arange(len(y), device=y.device)], pick
 
 
+@dataclass
+class Settle:
+    """Per image of a batch: the objective value beyond which it is settled (``above``) and whether it is
+    settled already (``done``, updated by the search)."""
+
+    above: torch.Tensor
+    done: torch.Tensor
+
+    def update(self, best: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Mark the images ``rows`` whose best objective ``best`` (one value per row) passed their bound;
+        returns which of ``rows`` are still active."""
+        passed = best > self.above[rows]
+        self.done[rows] |= passed
+        return ~passed
+
+    def active(self) -> torch.Tensor:
+        return (~self.done).nonzero().flatten()
+
+
 class Attack:
     """Base class of attacks. Register subclasses with ``@register_attack``."""
 
@@ -132,6 +158,10 @@ class Attack:
         # climb) under; None: fresh draws on every call
         self.common_seed: int | None = COMMON_SEED
         self.wins: Counter[str] = Counter()  # images won by each candidate (surrogates, ensemble parts)
+        # settled images (see the module docstring): per image of the x given to ``perturb``, or None
+        self.settle_above: torch.Tensor | None = None
+        self.settled: torch.Tensor | None = None
+        self._settle: Settle | None = None  # the current batch's
 
     # -- iteration budget (read by the sanity checks) ------------------------------------------------
     @classmethod
@@ -189,6 +219,10 @@ class Attack:
         objective produced them."""
         return self.fixed(detector, attack_score(detector, self.config))
 
+    def settle(self) -> Settle | None:
+        """The current batch's settled images, for a search on the true score (never on a surrogate)."""
+        return self._settle if self.objective == "" else None
+
     def objectives(self, detector: Any) -> list[str]:
         """What ``perturb_batch`` is run on: the true score (""), then each surrogate of a gradient attack."""
         if self.black_box or self.norm == "none" or not getattr(self.config, "surrogates", False):
@@ -235,9 +269,14 @@ class Attack:
         per_batch = max(1, per_call // eot_draws(detector, self.config.eot_samples))
         try:
             for part in idx.split(per_batch):
+                if self.settle_above is not None:
+                    rows = part.cpu()
+                    done = self.settled[rows] if self.settled is not None else torch.zeros(len(rows), dtype=torch.bool)
+                    self._settle = Settle(self.settle_above[rows].to(x.device, x.dtype), done.to(x.device).clone())
                 x_adv[part] = self.attack_batch(detector, x[part], y[part], eps).detach()
         finally:
             detector.train(was_training)
+            self._settle = None
         check_budget(self.name, x, x_adv, eps, self.norm)
         return x_adv
 
