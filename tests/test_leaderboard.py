@@ -136,3 +136,13 @@ def test_a_documented_method_below_chance_gets_one_legend_line(monkeypatch):
     assert leaderboard.below_chance_notes(table) == ["knn below 0.5 clean on d: why it is low"]
     monkeypatch.setattr(METHODS.get("knn"), "below_chance_note", "")
     assert leaderboard.below_chance_notes(table) == []
+
+
+def test_a_single_run_cell_shows_its_bootstrap_ci():
+    rows = RESULTS.assign(auroc_ci_low=[0.85, 0.6, 0.3, 0.1, 0.71, np.nan],
+                          auroc_ci_high=[0.95, 0.8, 0.5, 0.3, 0.88, np.nan])
+    table = leaderboard.wide(rows)
+    assert table.loc["b", "d clean"] == "0.800 [0.71, 0.88]"  # one run: its CI over the test images
+    assert table.loc["a", "d clean"] == "0.800 ± 0.141"  # several: their spread, never one run's CI
+    long = leaderboard.summarize(rows)
+    assert long.loc[long["method"] == "b", "ci_low"].item() == pytest.approx(0.71)

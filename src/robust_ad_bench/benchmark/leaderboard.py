@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
@@ -106,6 +107,12 @@ def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
         return pd.DataFrame(columns=[*GROUP, "mean", "std", "n"])
     table = ok.groupby(GROUP, sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
     table = table.rename(columns={"count": "n"})
+    if metric == "auroc" and {"auroc_ci_low", "auroc_ci_high"} <= set(ok.columns):
+        # a cell of one run (one class, one seed) has no spread: its bootstrap 95 % CI over the test images says
+        # how far the figure can be trusted (the small test sets of the default grid: wide)
+        ci = ok.groupby(GROUP, sort=False)[["auroc_ci_low", "auroc_ci_high"]].first().reset_index()
+        table = table.merge(ci.rename(columns={"auroc_ci_low": "ci_low", "auroc_ci_high": "ci_high"}), on=GROUP,
+                            how="left")
     table = table[table["n"] > 0]  # e.g. pixel AUROC of datasets without masks
     table["std"] = table["std"].fillna(0.0)  # a single run has no spread
     # clean first, then attacks by name and eps, within each dataset
@@ -113,9 +120,11 @@ def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     return table.sort_values(["dataset", "_order", "attack", "eps", "method"]).drop(columns="_order")
 
 
-def _cell(mean: float, std: float, n: int, note: str) -> str:
-    # one run has no spread: show the bare number rather than a fake ± 0
+def _cell(mean: float, std: float, n: int, note: str, ci: tuple[float, float] | None = None) -> str:
+    # one run has no spread: show the bare number (with its bootstrap CI when known) rather than a fake ± 0
     text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+    if n == 1 and ci is not None and all(np.isfinite(ci)):
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
     return f"{text} {note}" if note else text
 
 
@@ -136,9 +145,10 @@ def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | No
     notes = [" ".join(p for p in ((worst_notes.get(tuple(r), "") if str(r[2]).startswith(WORST_PREFIX)
                                    else (f"!{flags[tuple(r[:3])]}" if tuple(r[:3]) in flags else "")),
                                   marks.get(tuple(r), "")) if p) for r in long[GROUP].values]
+    cis = (list(zip(long["ci_low"], long["ci_high"])) if "ci_low" in long else [None] * len(long))
     long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],
-                       cell=[_cell(m, s, n, note) for (m, s, n), note in
-                             zip(long[["mean", "std", "n"]].values, notes)])
+                       cell=[_cell(m, s, n, note, ci) for (m, s, n), note, ci in
+                             zip(long[["mean", "std", "n"]].values, notes, cis)])
     table = long.pivot(index="method", columns="column", values="cell")
     table = table[list(dict.fromkeys(long["column"]))].fillna("–")
     if configurations:
