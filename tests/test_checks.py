@@ -212,3 +212,33 @@ def test_audit_does_not_say_all_passed_when_a_class_was_not_checked(tmp_path):
         results, checks = store.results(), store.checks()
     text = audit_text(results, checks)
     assert "checks not run: 1/2 models" in text and "passed" not in text
+
+
+def test_checks_attack_only_their_stratified_sample(tmp_path, monkeypatch):
+    """Every check that runs an attack runs it on the stratified sample (its cost does not grow with the test
+    set); its images at a grid eps still join the worst case, on the sample's images only."""
+    from robust_ad_bench.benchmark import evaluation
+
+    sizes = []
+    original = evaluation.attacked_scores
+
+    def recording(detector, split, attack, params, eps, *args, **kwargs):
+        out = original(detector, split, attack, params, eps, *args, **kwargs)
+        sizes.append((attack, len(out[1])))
+        return out
+
+    cfg = tiny_grid(tmp_path, methods="ae", attacks="clean,fgsm,pgd", classes="3", eps="32/255")
+    cfg.checks.masking_normals, cfg.checks.masking_anomalies = 6, 10
+    monkeypatch.setattr(evaluation, "attacked_scores", recording)
+    assert not Runner(cfg).run().failed
+    with Store(tmp_path) as store:
+        results, checks = store.results(), store.checks()
+    n_test = int(results["n_test"].iloc[0])
+    assert n_test > 16
+    check_runs = sizes[3:]  # after the grid's three jobs
+    assert ("clean", n_test) in check_runs and ("clean", 16) in check_runs
+    assert {size for attack, size in check_runs if attack != "clean"} == {16}  # eps 0, large eps, steps, Square
+    assert len(checks) and checks["passed"].notna().all()
+    worst = results[results["attack"] == "worst-linf"].iloc[0]
+    # fgsm, pgd, and the checks' pgd (more steps) and Square on the sample
+    assert worst["attack_detail"].startswith("per-image worst of 4 candidates"), worst["attack_detail"]

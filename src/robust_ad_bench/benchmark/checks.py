@@ -1,6 +1,9 @@
 """Sanity checks of the evaluation protocol, run for every trained model and stored with its results. They
 compare images: each attack run returns its per-image scores, and each threshold comes from the measured
-noise of the detector (``masking``: the rule).
+noise of the detector (``masking``: the rule). The checks that run attacks (1, 3, 4, 5) run them on one
+stratified sample of the test set (``masking_normals`` + ``masking_anomalies`` images, seeded by the
+model's checks), compared image by image with the grid's scores of the same images: their cost does not
+grow with the test set. Check 2 needs no attack and uses every test image.
 
 1. ``eps0``: the attack at eps 0 runs its own steps (no short cut) and must give every image the score of
    its clean image, up to float rounding; a stochastic detector is scored with the same draws (drawn apart
@@ -39,8 +42,9 @@ from robust_ad_bench.core.registry import ATTACKS
 CHECK_NAMES = ("eps0", "monotone", "large-eps", "more-steps", "black-box")
 FLAGS = {"eps0": "0", "monotone": "m", "large-eps": "L", "more-steps": "s", "black-box": "B", "error": "!"}
 ERROR = "error"  # check rows named "error:<check>": the check raised
-# 4: image-level checks with thresholds from the measured noise; the paired masking test on a sample
-CHECKS_VERSION = "4"
+# 5: every check that attacks runs on the stratified sample; 4: image-level checks with thresholds from the
+# measured noise, the paired masking test on a sample
+CHECKS_VERSION = "5"
 
 
 @dataclass
@@ -52,7 +56,9 @@ class Evaluated:
     images: object = None
 
 
-Evaluate = Callable[[str, dict, float], Evaluated]  # (attack name, attack params, eps) -> the run
+# (attack name, attack params, eps, the test images attacked: a sample's indices or None for all) -> the run
+Evaluate = Callable[[str, dict, float, "np.ndarray | None"], Evaluated]
+Run = Callable[[str, dict, float], Evaluated]  # an attack run on the checks' sample
 # (norm, target, white-box attacks of that norm and target, eps) -> the masking check's results
 Masking = Callable[[str, str, list[str], float], list["CheckResult"]]
 
@@ -70,7 +76,8 @@ class CheckConfig:
     # draws per Square query on a stochastic score, a fixed slice of it (the model's common draws): 1 keeps
     # the check affordable (EOT would multiply its forward passes)
     square_eot_samples: int = 1
-    # the masking test's stratified sample of the test set (per model, seeded by its checks)
+    # the checks' stratified sample of the test set (per model, seeded by its checks): the masking test and
+    # every other check that runs an attack
     masking_normals: int = 32
     masking_anomalies: int = 32
     masking_rounds: int = 8  # stochastic detectors: re-scorings that measure the noise the test must beat
@@ -129,18 +136,24 @@ class _Recorder:
 
 def run_checks(attacks: dict[str, dict], grid: dict[tuple[str, float], np.ndarray], labels: np.ndarray,
                evaluate: Evaluate, masking: Masking, cfg: CheckConfig, image_numel: int,
-               seed: int = 0) -> list[CheckResult]:
+               seed: int = 0, sample: np.ndarray | None = None) -> list[CheckResult]:
     """The five checks for one trained model.
 
     ``attacks`` maps each attack of the grid to its parameters, ``grid`` maps (attack, eps) to the per-image
-    test scores the grid stored, ``evaluate`` runs one more attack on the same model and test set, and
-    ``masking`` runs the masking test of one norm and target."""
+    test scores the grid stored, ``evaluate`` runs one more attack on the same model (on the images
+    ``sample`` names, all when None), and ``masking`` runs the masking test of one norm and target."""
     rec = _Recorder()
-    clean: list[np.ndarray] = []
-    rec.run(["*"], "clean", lambda: clean.append(evaluate("clean", {}, 0.0).scores) or [])  # noqa: B023
+    clean: list[np.ndarray] = []  # every image's clean scores, then the sample's scored as the sample's attacks are
+    rec.run(["*"], "clean", lambda: clean.extend(evaluate("clean", {}, 0.0, s).scores for s in (None, sample)) or [])
     if not clean:
         return rec.results  # nothing can be compared with the clean scores
-    noise = _Noise(labels, cfg, seed)
+    part = sample if sample is not None else np.arange(len(labels))
+    every = _Noise(labels, cfg, seed)  # the monotone check's: every test image
+    noise = _Noise(labels[part], cfg, seed)
+
+    def run(name: str, params: dict, eps: float) -> Evaluated:  # an attack on the sample
+        return evaluate(name, params, eps, sample)
+
     white_box: dict[tuple[str, str], list[str]] = {}
     for name, params in attacks.items():
         attack = ATTACKS.get(name)
@@ -149,13 +162,13 @@ def run_checks(attacks: dict[str, dict], grid: dict[tuple[str, float], np.ndarra
         curve = [(0.0, clean[0])] + sorted(((e, v) for (a, e), v in grid.items() if a == name and e > 0),
                                            key=lambda ev: ev[0])
         eps_max = max((e for (a, e) in grid if a == name), default=0.0)
-        rec.run([name], "eps0", _eps0, name, params, clean[0], evaluate)
-        rec.run([name], "monotone", _monotone, name, curve, noise)
+        rec.run([name], "eps0", _eps0, name, params, clean[1], run)
+        rec.run([name], "monotone", _monotone, name, curve, every)
         if attack.is_iterative(params) and eps_max > 0:
             big = large_eps(attack.norm, cfg, image_numel)
-            rec.run([name], "large-eps", _large_eps, name, params, eps_max, big, cfg, labels, evaluate)
-            rec.run([name], "more-steps", _more_steps, name, params, eps_max, grid[(name, eps_max)], cfg, noise,
-                    evaluate)
+            rec.run([name], "large-eps", _large_eps, name, params, eps_max, big, cfg, labels[part], run)
+            rec.run([name], "more-steps", _more_steps, name, params, eps_max, grid[(name, eps_max)][part], cfg,
+                    noise, run)
         if attack.is_white_box(params) and eps_max > 0:  # anything with a Square part is not white-box here
             white_box.setdefault((attack.norm, params.get("target", "both")), []).append(name)
     for (norm, target), names in white_box.items():
@@ -177,7 +190,7 @@ class _Noise:
         return difference_threshold(self.labels, a, b, self.cfg.noise_sigmas, self.cfg.noise_rounds, self.seed)
 
 
-def _eps0(name: str, params: dict, clean: np.ndarray, evaluate: Evaluate) -> list[CheckResult]:
+def _eps0(name: str, params: dict, clean: np.ndarray, evaluate: Run) -> list[CheckResult]:
     at_zero = evaluate(name, params, 0.0).scores
     gap = np.abs(np.asarray(at_zero, np.float64) - clean) / (1.0 + np.abs(clean))
     worst = float(np.nanmax(gap)) if len(gap) else 0.0
@@ -203,7 +216,7 @@ def _monotone(name: str, curve: list[tuple[float, np.ndarray]], noise: _Noise) -
 
 
 def _large_eps(name: str, params: dict, eps_max: float, big: float, cfg: CheckConfig, labels: np.ndarray,
-               evaluate: Evaluate) -> list[CheckResult]:
+               evaluate: Run) -> list[CheckResult]:
     scaled = ATTACKS.get(name).scaled_params(params, eps_factor=big / eps_max)  # explicit step sizes grow too
     value = metrics.auroc(labels, evaluate(name, scaled, big).scores)
     return [CheckResult(name, "large-eps", value <= cfg.large_eps_max_auroc, value, cfg.large_eps_max_auroc,
@@ -211,7 +224,7 @@ def _large_eps(name: str, params: dict, eps_max: float, big: float, cfg: CheckCo
 
 
 def _more_steps(name: str, params: dict, eps_max: float, stored: np.ndarray, cfg: CheckConfig, noise: _Noise,
-                evaluate: Evaluate) -> list[CheckResult]:
+                evaluate: Run) -> list[CheckResult]:
     attack = ATTACKS.get(name)
     stronger = attack.scaled_params(params, steps_factor=cfg.steps_factor)
     scores = evaluate(name, stronger, eps_max).scores

@@ -64,13 +64,30 @@ class ModelEvaluation:
                                                       subset, self.jobs[0].train_key, settled)
         return x_adv, scores
 
-    def evaluate(self, attack: str, params: dict[str, Any], eps: float) -> Evaluated:
-        """A check's attack run; kept as a candidate when it ran at an eps of the grid."""
-        x_adv, scores = self.attack(attack, params, eps)
+    def evaluate(self, attack: str, params: dict[str, Any], eps: float, subset: np.ndarray | None = None
+                 ) -> Evaluated:
+        """A check's attack run (on the images ``subset`` names); kept as a candidate when it ran at an eps of
+        the grid (nan where it attacked no image)."""
+        x_adv, scores = self.attack(attack, params, eps, subset)
         norm = ATTACKS.get(attack).norm
         if (norm, eps_key(eps)) in self.grid_eps:
-            self.keep(Candidate(f"{attack}-check", norm, eps, scores, images=x_adv), x_adv)
+            full, images = self.whole(scores, x_adv, subset)
+            self.keep(Candidate(f"{attack}-check", norm, eps, full), images)
         return Evaluated(scores, x_adv)
+
+    def whole(self, scores: np.ndarray, x_adv: torch.Tensor, subset: np.ndarray | None
+              ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Scores (nan where not attacked) and, for a stochastic detector, images (clean where not attacked)
+        of every test image, from a run on ``subset``."""
+        if subset is None:
+            return scores, x_adv
+        full = np.full(len(self.labels), np.nan)
+        full[subset] = scores
+        images = None
+        if self.stochastic:
+            images = self.x.clone()
+            images[torch.as_tensor(subset)] = x_adv
+        return full, images
 
     def keep(self, candidate: Candidate, x_adv: torch.Tensor | None) -> None:
         candidate.images = x_adv.detach() if self.stochastic and x_adv is not None else None
@@ -123,9 +140,13 @@ class ModelEvaluation:
                 out[mine] = (images if index is None else images[index])[mine]
         return out
 
+    def sample(self, cfg: CheckConfig) -> np.ndarray:
+        """The checks' stratified sample of the test set (seeded by the model's checks)."""
+        return stratified_sample(self.labels, cfg.masking_normals, cfg.masking_anomalies, key_seed(self.key))
+
     # -- the masking test ---------------------------------------------------------------------------
     def masking(self, cfg: CheckConfig, norm: str, target: str, names: list[str], eps: float) -> list[CheckResult]:
-        sample = stratified_sample(self.labels, cfg.masking_normals, cfg.masking_anomalies, key_seed(self.key))
+        sample = self.sample(cfg)
         labels = self.labels[sample]
         white = self.job_candidates([j for j in self.jobs if j.attack in names and eps_key(j.eps) == eps_key(eps)])
         white += [c for c in self.found if c.name.removesuffix("-check") in names and eps_key(c.eps) == eps_key(eps)]
@@ -135,12 +156,7 @@ class ModelEvaluation:
         white_all = None if self.stochastic else self.common_scores(white)
         settled = self.settled_by(white_all)
         x_square, square_scores = self.attack(square, params, eps, sample, settled)
-        partial = np.full(len(self.labels), np.nan)
-        partial[sample] = square_scores
-        images = None
-        if self.stochastic:
-            images = self.x.clone()
-            images[torch.as_tensor(sample)] = x_square
+        partial, images = self.whole(square_scores, x_square, sample)
         rows = self.common_scores(white, sample)
         pick = choose(labels, rows)
         if self.stochastic:
@@ -211,7 +227,8 @@ def model_checks(jobs: Sequence[Job], key: str, scores: dict[str, np.ndarray], d
     attacks = {job.attack: job.attack_spec.params for job in jobs}
     grid = {(job.attack, job.eps): scores[job.key] for job in jobs}
     found = run_checks(attacks, grid, model.labels, model.evaluate,
-                       lambda *args: model.masking(cfg, *args), cfg, int(split.test[0].numel()), key_seed(key))
+                       lambda *args: model.masking(cfg, *args), cfg, int(split.test[0].numel()), key_seed(key),
+                       model.sample(cfg))
     return evaluation.check_rows(jobs, key, found), [worst_case_or_failure(model, group) for group in groups]
 
 
