@@ -77,3 +77,18 @@ def test_parallel_harness_store_part_and_sla2p_throughput_run_on_tiny_inputs():
     assert "claiming and releasing one model" in run_script("parallel_harness.py", "--parts", "store")
     out = run_script("sla2p_throughput.py", "--k", "4", "--repeats", "1", "--batch", "16")
     assert "sla2p-const-inner" in out and "img/s" in out
+
+
+def test_scaling_script_runs_on_a_tiny_grid(tmp_path):
+    """Points with 1 and 2 classes and with 1 and 2 methods, each a real run; the slopes are printed."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace('classes: {digits: ["0"]}\n', ""))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--classes", "1,2",
+                           "--methods", "knn,deep-svdd", "--method-counts", "1,2", "--datasets", "digits",
+                           "--config", str(config),
+                           "--set", "method_params.deep-svdd.epochs=1", "--executor", "serial"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "2 class(es) per dataset" in proc.stdout and "per added class" in proc.stdout
+    assert "2 method(s) (knn,deep-svdd)" in proc.stdout and "per added method" in proc.stdout
