@@ -69,9 +69,10 @@ def images_per_call(batch_size: int, image_shape: Sequence[int]) -> int:
 
 @dataclass
 class AttackConfig:
-    # images per score call, EOT copies included (256 // 8 = 32 stochastic images), counted in 32×32 images
-    # (``images_per_call``: fewer larger images)
-    batch_size: int = 256
+    # images per score call, EOT copies included (128 // 8 = 16 stochastic images), counted in 32×32 images
+    # (``images_per_call``: fewer larger images). 128, not 256: a PGD step of diffpure-ae (8 EOT draws of a
+    # 4-step reverse process) on 32×32 images peaked at 2.08 GiB with 256 and 1.44 GiB with 128, and ran no slower
+    batch_size: int = 128
     target: str = "both"  # both (the protocol's default), normal (only normals), anomaly (only anomalies)
     eot_samples: int = 8  # draws averaged per gradient when the detector is ``stochastic`` (EOT)
     gradient: str = "auto"  # auto, full (through the purifier), bpda (identity/surrogate backward)
