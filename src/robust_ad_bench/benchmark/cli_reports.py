@@ -20,7 +20,7 @@ from robust_ad_bench.benchmark.store import open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
-                  "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",
+                  "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "aupro", "status", "error", "adversarially_trained",
                   "attack_detail", "n_test", "seconds", "key", "finished_at"]
 EXPORT_FORMATS = ("csv", "json")
 
