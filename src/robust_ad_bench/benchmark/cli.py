@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--metric", default="auroc", help=f"{', '.join(leaderboard.METRICS)} (default: auroc)")
     board.add_argument("--reported", action="store_true",
                        help="add each paper's reported figure beside the cells it matches (see: list papers)")
+    board.add_argument("--sort", default="method",
+                       help="row order: method (name), robustness (the worst-case AUROC area against eps, best "
+                            "first), clean, or a column's name (default: method)")
     board.add_argument("--configurations", action="store_true",
                        help="list the older configurations of each cell side by side (never averaged with the "
                             "latest one shown)")

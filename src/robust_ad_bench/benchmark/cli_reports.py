@@ -15,6 +15,7 @@ from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reported import cell_reported
+from robust_ad_bench.benchmark.robustness_area import sort_table, with_areas
 from robust_ad_bench.benchmark.runtime import ensure_writable
 from robust_ad_bench.benchmark.store import open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
@@ -44,7 +45,10 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     figures = [f for name in paper_names() for f in load_paper(name).figures] if args.reported else []
     shown = cell_reported(results, figures, args.metric) if figures else None
     older = args.configurations
-    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown, older), table_console(), args.metric)
+    table = leaderboard.wide(results, args.metric, checks, shown, older)
+    if args.metric == "auroc":  # the robustness number is an AUROC area: beside the clean AUROC only
+        table = with_areas(table, results)
+    leaderboard.render(sort_table(table, args.sort), table_console(), args.metric)
     if not _writable(args.out):
         console.print(f"[yellow]{args.out} cannot be written: the leaderboard was printed, not written to files"
                       "[/yellow]", highlight=False, soft_wrap=True)

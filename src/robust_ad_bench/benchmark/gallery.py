@@ -107,7 +107,8 @@ def _show(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return np.moveaxis(image[:3], 0, -1), None
 
 
-def plot_galleries(source: Path, folder: Path) -> list[Path]:
+def plot_galleries(source: Path, folder: Path, methods: list[str] | None = None,
+                   datasets: list[str] | None = None) -> list[Path]:
     """One PNG per (method, dataset) from the first (class, seed) gallery saved under ``source``."""
     import matplotlib.pyplot as plt
 
@@ -118,7 +119,8 @@ def plot_galleries(source: Path, folder: Path) -> list[Path]:
     seen: set[tuple[str, str]] = set()
     for entry in load_all(source):
         meta = entry["meta"]
-        if (meta["method"], meta["dataset"]) in seen:
+        if (meta["method"], meta["dataset"]) in seen or (methods is not None and meta["method"] not in methods) \
+                or (datasets is not None and meta["dataset"] not in datasets):
             continue
         seen.add((meta["method"], meta["dataset"]))
         has_maps = "maps_clean" in entry
@@ -149,8 +151,6 @@ def plot_galleries(source: Path, folder: Path) -> list[Path]:
             for ax in axes[r]:
                 ax.set_xticks([])
                 ax.set_yticks([])
-        for c, name in enumerate(columns):
-            axes[0][c].set_xlabel(name, fontsize=8)
         eps = eps_label(float(meta["eps"]), meta["norm"])
         fig.suptitle(f"{meta['dataset']} / {meta['method']} (class {meta['normal_class']}, seed {meta['seed']}): "
                      f"{meta['norm']} eps {eps}, threshold {threshold:.3g} (best F1 on clean)", fontsize=9)
