@@ -46,9 +46,9 @@ def test_every_source_target_pair_is_scored_and_the_diagonal_is_white_box(run):
 def test_transfer_recomputes_the_same_figures_from_the_stored_images(run):
     """The off-diagonal AUROC comes from the images on disk: scoring them again by hand gives it."""
     out, _, cfg = run
+    from robust_ad_bench.benchmark import metrics
     from robust_ad_bench.benchmark.model_cache import ModelCache
     from robust_ad_bench.benchmark.worst_case import AdversarialImages, choose
-    from robust_ad_bench.benchmark import metrics
     from robust_ad_bench.datasets.protocols import make_split
 
     jobs = Runner(cfg).jobs

@@ -34,6 +34,7 @@ from robust_ad_bench.benchmark.reproduce import plan
 from robust_ad_bench.benchmark.runner import Hooks, Runner, RunSummary
 from robust_ad_bench.benchmark.runtime import GracefulStop, ensure_writable
 from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.transfer import transfer_lines
 from robust_ad_bench.benchmark.validation import validate_grid
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
@@ -106,6 +107,8 @@ def run_with_progress(runner: Runner, console: Console) -> RunSummary:
     console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
                   f"store{other}, {len(summary.failed)} failed; {summary.trained} models trained, "
                   f"{summary.worst} per-image worst cases, {summary.checked} checked, {summary.certified} certified")
+    for line in transfer_lines(summary.transfer):
+        console.print(line, highlight=False, soft_wrap=True)
     if summary.interrupted:
         console.print(f"stopped: {summary.left} job(s) left; run the same command again to resume "
                       "(finished jobs are in the store)")

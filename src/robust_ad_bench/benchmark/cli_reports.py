@@ -15,7 +15,7 @@ from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reported import cell_reported
-from robust_ad_bench.benchmark.robustness_area import sort_table, with_areas
+from robust_ad_bench.benchmark.robustness_area import robustness_areas, sort_table, with_areas
 from robust_ad_bench.benchmark.runtime import ensure_writable
 from robust_ad_bench.benchmark.store import open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
@@ -53,7 +53,12 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]{args.out} cannot be written: the leaderboard was printed, not written to files"
                       "[/yellow]", highlight=False, soft_wrap=True)
         return 0
-    for path in leaderboard.write(results, args.out, args.metric, checks, shown, older):
+    paths = leaderboard.write(results, args.out, args.metric, checks, shown, older)
+    areas = robustness_areas(results)
+    if not areas.empty:  # one robustness number per method, dataset and norm (long, numeric)
+        paths.append(Path(args.out) / "robustness.csv")
+        areas.to_csv(paths[-1], index=False)
+    for path in paths:
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     return 0
 

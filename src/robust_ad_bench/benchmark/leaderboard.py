@@ -25,7 +25,8 @@ from robust_ad_bench.benchmark.jobs import StoredConfig
 from robust_ad_bench.core.registry import METHODS
 
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
-METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (30 % FPR)"}
+METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC",
+           "aupro": "AUPRO (30 % FPR)"}
 FLAG_LEGEND = {
     "B": "Square beat the per-image worst white-box attack on the masking sample beyond noise: gradient masking "
          "(or white-box attacks that miss some images); Square then ran on every image and joined the worst case",

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark import report_sections
+from robust_ad_bench.benchmark import leaderboard, report_sections
 from robust_ad_bench.benchmark.robustness_area import with_areas
 from robust_ad_bench.benchmark.store import Store
 
@@ -171,8 +170,8 @@ def build_report(store: Store, out: str | Path, reported: Mapping[str, str] | No
     if paths:
         body.append("<h2>Plots</h2>" + plots_html(paths))
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>robust-ad-bench report</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + f"\n<script>{SCRIPT}{report_sections.ONLY_SCRIPT}</script>"
-            "</body></html>\n")
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body)
+            + f"\n<script>{SCRIPT}{report_sections.ONLY_SCRIPT}</script></body></html>\n")
     path = out / REPORT_FILE
     path.write_text(page, encoding="utf-8")
     return path

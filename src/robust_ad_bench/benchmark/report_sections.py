@@ -102,5 +102,6 @@ def localisation_section(results: pd.DataFrame) -> str:
 
 ONLY_SCRIPT = """
 (function(){var m=/only=([\\w-]+)/.exec(location.hash);if(!m)return;
-  document.querySelectorAll('body > *').forEach(function(e){if(e.tagName!=='SCRIPT'&&e.id!==m[1]){e.style.display='none'}})})();
+  document.querySelectorAll('body > *').forEach(function(e){
+    if(e.tagName!=='SCRIPT'&&e.id!==m[1]){e.style.display='none'}})})();
 """

@@ -55,6 +55,19 @@ class TransferSummary:
     gallery_seconds: float = 0.0
 
 
+def transfer_lines(summary: TransferSummary | None) -> list[str]:
+    """What the run says about the transfer pass (nothing when it scored no target)."""
+    if summary is None or not (summary.targets or summary.flagged or summary.skipped):
+        return []
+    lines = [f"transfer: {summary.targets} target models scored on the other methods' adversarial images "
+             f"({summary.rows} matrix rows, {summary.transfer_seconds:.1f} s; "
+             f"galleries {summary.gallery_seconds:.1f} s)"]
+    lines += [f"  !T {text}" for text in summary.flagged]
+    if summary.skipped:
+        lines.append(f"  left out (no cached model): {', '.join(summary.skipped)}")
+    return lines
+
+
 def split_groups(jobs: Sequence[Job]) -> dict[str, list[Job]]:
     """The grid's jobs by the split their model trained on (one group per dataset, class, seed, protocol)."""
     groups: dict[str, list[Job]] = {}
@@ -81,7 +94,6 @@ class SplitTransfer:
         self.models = list(dict.fromkeys(j.train_key for j in self.jobs))
         self.rows = store.results(status="ok", keys=keys + self._worst_keys())
         self.split = None
-        self._loaded: dict[str, torch.Tensor] = {}
 
     def _worst_keys(self) -> list[str]:
         train_keys = {j.train_key for j in self.jobs}
@@ -95,12 +107,9 @@ class SplitTransfer:
         return found[1].astype(np.float64)
 
     def x_adv(self, job: Job) -> torch.Tensor | None:
-        if job.key not in self._loaded:
-            found = self.images.load(job.key, self.x)
-            if found is None:
-                return None
-            self._loaded[job.key] = found
-        return self._loaded[job.key]
+        """A job's adversarial images, read again each time: a split's images can outgrow memory (every
+        job of every method), and reading is cheap next to scoring them."""
+        return self.images.load(job.key, self.x)
 
     def run(self, summary: TransferSummary, stop: Callable[[], bool] | None = None) -> None:
         if not self.attacked:
@@ -254,7 +263,7 @@ class SplitTransfer:
         best = candidates[pick, np.arange(len(self.labels))]
         worst_scores = self.scores(here["key"].iloc[0]) if not here.empty else best
         index = gallery.pick_images(self.labels, clean, np.asarray(worst_scores))
-        x_adv = torch.stack([self.x_adv(pool[pick[i]])[i] for i in index])
+        x_adv = torch.stack([self.x_adv(pool[pick[i]])[i] for i in index])  # a few images: read per image
         sources = [f"{pool[pick[i]].method}:{pool[pick[i]].attack}@{pool[pick[i]].eps:.3g}" for i in index]
         meta = {"method": target.method, "dataset": target.dataset, "normal_class": str(target.normal_class),
                 "seed": target.seed, "norm": norm, "eps": eps, "sources": sources,

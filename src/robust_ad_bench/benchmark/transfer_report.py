@@ -63,7 +63,8 @@ def plot_transfer(transfers: pd.DataFrame, folder: Path) -> list[Path]:
             ax.set_ylabel("source (made the images)")
             ax.set_title(f"eps {eps_label(key[2], norm)}")
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="AUROC")
-        fig.suptitle(f"{dataset}: {norm} adversarial images of each source\nscored by each target (diagonal: white-box)",
+        fig.suptitle(f"{dataset}: {norm} adversarial images of each source\n"
+                     "scored by each target (diagonal: white-box)",
                      fontsize="medium")
         paths.append(_save(fig, folder / f"transfer_{safe_name(dataset)}_{safe_name(norm)}.png"))
     return paths
