@@ -1,5 +1,5 @@
 """The anomaly-map gallery: for one trained model, a few test images chosen by rule, each shown clean and
-attacked, with the perturbation amplified and the anomaly map before and after.
+attacked, with the perturbation scaled to its eps and the anomaly map before and after.
 
 The rule (on the model's largest eps of its first norm, Linf before L2): the normal image whose score the
 per-image worst case raised most, the anomaly whose score it lowered most, and a typical image (the one
@@ -26,7 +26,6 @@ from robust_ad_bench.benchmark.metrics import _binary_clf_curve
 
 GALLERY_FOLDER = "gallery"
 ROLES = ("normal raised most", "anomaly lowered most", "typical")
-AMPLIFY = 10.0  # how much the perturbation is magnified for display (clipped to the image range)
 
 
 def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -124,20 +123,21 @@ def plot_galleries(source: Path, folder: Path, methods: list[str] | None = None,
             continue
         seen.add((meta["method"], meta["dataset"]))
         has_maps = "maps_clean" in entry
-        columns = ["clean", "adversarial", f"perturbation ×{AMPLIFY:g}"] + (["map clean", "map attacked"] * has_maps)
+        columns = ["clean", "adversarial", "perturbation"] + (["map clean", "map attacked"] * has_maps)
         rows = len(entry["index"])
         fig, axes = plt.subplots(rows, len(columns), figsize=(2.3 * len(columns), 2.5 * rows + 0.6), squeeze=False,
                                  layout="constrained")
         threshold = float(meta["threshold"])
         for r in range(rows):
             clean, adv = entry["clean"][r], entry["adversarial"][r]
-            delta = np.clip(0.5 + AMPLIFY * (adv - clean), 0, 1)
+            # scaled so that -eps is black and +eps white (grey: unchanged), whatever the eps
+            delta = np.clip(0.5 + (adv - clean) / (2 * float(meta["eps"])), 0, 1)
             images = [clean, adv, delta]
             cs, ad = float(entry["clean_scores"][r]), float(entry["adv_scores"][r])
             label = "anomaly" if entry["labels"][r] else "normal"
             texts = [f"{label} #{int(entry['index'][r])}\nscore {cs:.3g} {'≥' if cs >= threshold else '<'} thr",
                      f"{meta['sources'][r]}\nscore {ad:.3g} {'≥' if ad >= threshold else '<'} thr",
-                     f"{ROLES[r] if r < len(ROLES) else ''}"]
+                     f"{ROLES[r] if r < len(ROLES) else ''}\nperturbation (black -eps, white +eps)"]
             for c, (image, text) in enumerate(zip(images, texts)):
                 shown, cmap = _show(image)
                 axes[r][c].imshow(shown, cmap=cmap, vmin=0, vmax=1)

@@ -59,8 +59,8 @@ def gallery_section(paths: list[Path]) -> str:
     note = ("<p class='note'>Per method and dataset (first class and seed), at its largest eps: the normal image "
             "whose score the worst case raised most, the anomaly whose score it lowered most, and a typical one "
             "(median move). Columns: clean, adversarial (the stored image, own or transferred, with the highest "
-            "attack objective), the perturbation ×10 around grey, and the anomaly map before and after (one colour "
-            "scale per row). Threshold: best F1 on the clean scores.</p>")
+            "attack objective), the perturbation (grey: unchanged, black -eps, white +eps), and the anomaly map "
+            "before and after (one colour scale per row). Threshold: best F1 on the clean scores.</p>")
     return section("gallery", "Gallery: what the attacks did to images and anomaly maps",
                    note + f'<div class="plots">{figures}</div>')
 
