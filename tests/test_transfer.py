@@ -207,3 +207,19 @@ def test_robustness_plot_uses_the_styles(tmp_path):
     finally:
         plt.Axes.plot = original
     assert len(captured) == 14 and len(set(captured)) == 14
+
+
+def test_a_schema_2_store_gets_the_aupro_column_and_the_transfer_table(tmp_path):
+    import sqlite3
+
+    Store(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "results.sqlite")
+    conn.execute("ALTER TABLE results DROP COLUMN aupro")
+    conn.execute("DROP TABLE transfer")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with Store(tmp_path) as store:
+        columns = {r[1] for r in store.conn.execute("PRAGMA table_info(results)")}
+        assert "aupro" in columns and store.transfer().empty
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
