@@ -82,7 +82,7 @@ CASES = [
     Case("export to stdout", ["export", "--out", "{root}/results", "--file", "-"], 0, "method,dataset,normal_class"),
     Case("--version", ["--version"], 0, "robust-ad-bench 0.1.0"),
     Case("leaderboard on another tool's SQLite file", ["leaderboard", "--out", "{root}/foreign"], 2,
-         "{root}/foreign/results.sqlite is not a results store of this tool (tables other; this tool reads schema 2); "
+         "{root}/foreign/results.sqlite is not a results store of this tool (tables other; this tool reads schema 3); "
          "it was left as it is"),
     Case("dry run on another tool's SQLite file", ["run", *FAST, "--dry-run", "--out", "{root}/foreign"], 2,
          "is not a results store of this tool"),

@@ -51,7 +51,7 @@ def test_leaderboard_and_export_on_a_copy_change_nothing(results, tmp_path):
         code, out, err = cli(command[0], "--out", str(copy), *command[1:])
         assert code == 0, err
         assert out == expected
-    written = {"leaderboard.csv", "leaderboard.md", "leaderboard.tex"}  # the leaderboard's own files, beside
+    written = {"leaderboard.csv", "leaderboard.md", "leaderboard.tex", "robustness.csv"}  # its own files, beside
     after = digest(copy)
     assert after[STORE_FILE] == before[STORE_FILE]
     assert set(after) - written == set(before)  # no -wal, no -shm, nothing else

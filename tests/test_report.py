@@ -87,3 +87,34 @@ def test_sa_marks_only_the_datasets_a_method_saw_anomalies_of_and_the_legend_is_
     assert textures.count(">yes<") == 1
     text = report.read_text()
     assert "per-image worst score" in text and "lowest AUROC over the attacks" not in text
+
+
+def test_report_has_the_summary_gallery_transfer_and_localisation_sections(report):
+    page = report.read_text()
+    for ident in ("summary", "gallery", "transfer"):
+        assert f'<section id="{ident}">' in page
+    gallery = page.split('<section id="gallery">', 1)[1].split("</section>", 1)[0]
+    assert gallery.count("data:image/png;base64,") == len(METHODS)  # one gallery per method
+    transfer = page.split('<section id="transfer">', 1)[1].split("</section>", 1)[0]
+    assert transfer.count("data-source=") == len(METHODS) and "data:image/png;base64," in transfer
+    summary = page.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
+    assert sorted(re.findall(r'<tr data-method="([^"]+)"', summary)) == sorted(METHODS)
+    assert "area-linf" in page  # the robustness column beside clean in the leaderboard
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium on this machine (Debian: apt-get install chromium; "
+                                             ".ci/run installs it)")
+@pytest.mark.parametrize("ident", ["summary", "gallery", "transfer"])
+def test_each_new_section_renders_alone_in_headless_chromium(report, tmp_path, ident):
+    """``#only=<id>`` hides every other part of the page (what the screenshot script uses)."""
+    dom = browser(tmp_path, "--dump-dom", f"{report.as_uri()}#only={ident}")
+    assert dom.returncode == 0, dom.stderr
+    assert re.search(rf'<section id="{ident}">', dom.stdout)  # shown: no display:none on it
+    others = [i for i in ("summary", "gallery", "transfer") if i != ident]
+    for other in others:
+        assert re.search(rf'<section id="{other}" style="display: none;">', dom.stdout), other
+    shot = tmp_path / f"{ident}.png"
+    done = browser(tmp_path, f"--screenshot={shot}", "--window-size=1000,700", f"{report.as_uri()}#only={ident}")
+    assert done.returncode == 0, done.stderr
+    image = matplotlib.image.imread(shot)
+    assert len(np.unique(image[..., :3].reshape(-1, 3), axis=0)) > 50  # not a blank page

@@ -40,7 +40,8 @@ from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import ATTACKS
 
 CHECK_NAMES = ("eps0", "monotone", "large-eps", "more-steps", "black-box")
-FLAGS = {"eps0": "0", "monotone": "m", "large-eps": "L", "more-steps": "s", "black-box": "B", "error": "!"}
+FLAGS = {"eps0": "0", "monotone": "m", "large-eps": "L", "more-steps": "s", "black-box": "B", "transfer": "T",
+         "error": "!"}
 ERROR = "error"  # check rows named "error:<check>": the check raised
 # 5: every check that attacks runs on the stratified sample; 4: image-level checks with thresholds from the
 # measured noise, the paired masking test on a sample

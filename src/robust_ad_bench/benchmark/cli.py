@@ -34,6 +34,7 @@ from robust_ad_bench.benchmark.reproduce import plan
 from robust_ad_bench.benchmark.runner import Hooks, Runner, RunSummary
 from robust_ad_bench.benchmark.runtime import GracefulStop, ensure_writable
 from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.transfer import transfer_lines
 from robust_ad_bench.benchmark.validation import validate_grid
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
@@ -108,6 +109,8 @@ def run_with_progress(runner: Runner, console: Console) -> RunSummary:
     console.print(f"{summary.total} jobs: {summary.computed} computed, {summary.skipped} already in the "
                   f"store{other}, {len(summary.failed)} failed; {summary.trained} models trained, "
                   f"{summary.worst} per-image worst cases, {summary.checked} checked, {summary.certified} certified")
+    for line in transfer_lines(summary.transfer):
+        console.print(line, highlight=False, soft_wrap=True)
     if summary.interrupted:
         console.print(f"stopped: {summary.left} job(s) left; run the same command again to resume "
                       "(finished jobs are in the store)")
@@ -288,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--metric", default="auroc", help=f"{', '.join(leaderboard.METRICS)} (default: auroc)")
     board.add_argument("--reported", action="store_true",
                        help="add each paper's reported figure beside the cells it matches (see: list papers)")
+    board.add_argument("--sort", default="method",
+                       help="row order: method (name), robustness (the worst-case AUROC area against eps, best "
+                            "first), clean, or a column's name (default: method)")
     board.add_argument("--configurations", action="store_true",
                        help="list the older configurations of each cell side by side (never averaged with the "
                             "latest one shown)")

@@ -15,12 +15,13 @@ from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reported import cell_reported
+from robust_ad_bench.benchmark.robustness_area import robustness_areas, sort_table, with_areas
 from robust_ad_bench.benchmark.runtime import ensure_writable
 from robust_ad_bench.benchmark.store import open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
-                  "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "status", "error", "adversarially_trained",
+                  "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "aupro", "status", "error", "adversarially_trained",
                   "attack_detail", "n_test", "seconds", "key", "finished_at"]
 EXPORT_FORMATS = ("csv", "json")
 
@@ -44,12 +45,20 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     figures = [f for name in paper_names() for f in load_paper(name).figures] if args.reported else []
     shown = cell_reported(results, figures, args.metric) if figures else None
     older = args.configurations
-    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown, older), table_console(), args.metric)
+    table = leaderboard.wide(results, args.metric, checks, shown, older)
+    if args.metric == "auroc":  # the robustness number is an AUROC area: beside the clean AUROC only
+        table = with_areas(table, results)
+    leaderboard.render(sort_table(table, args.sort), table_console(), args.metric)
     if not _writable(args.out):
         console.print(f"[yellow]{args.out} cannot be written: the leaderboard was printed, not written to files"
                       "[/yellow]", highlight=False, soft_wrap=True)
         return 0
-    for path in leaderboard.write(results, args.out, args.metric, checks, shown, older):
+    paths = leaderboard.write(results, args.out, args.metric, checks, shown, older)
+    areas = robustness_areas(results)
+    if not areas.empty:  # one robustness number per method, dataset and norm (long, numeric)
+        paths.append(Path(args.out) / "robustness.csv")
+        areas.to_csv(paths[-1], index=False)
+    for path in paths:
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     return 0
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from robust_ad_bench.benchmark import metrics, settling
+from robust_ad_bench.benchmark.aupro import aupro
 from robust_ad_bench.benchmark.certification import CertifyConfig, certify
 from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.runtime import key_seed, seed_everything
@@ -126,6 +127,7 @@ def attack_job(job: Job, detector: Detector, split: Split, device: torch.device)
     if split.test_masks is not None and detector.has_anomaly_map():
         maps = batched(detector.anomaly_map, x_adv)
         result["pixel_auroc"] = metrics.pixel_auroc(split.test_masks.numpy(), maps)
+        result["aupro"] = aupro(split.test_masks.numpy(), maps)
     return job_result(job, "ok", metrics=result, n_test=len(labels), labels=labels, scores=scores,
                       attack_detail=detail), x_adv
 

@@ -26,10 +26,13 @@ from robust_ad_bench.benchmark.jobs import StoredConfig
 from robust_ad_bench.core.registry import METHODS
 
 GROUP = ["method", "dataset", "attack", "norm", "eps"]
-METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC"}
+METRICS = {"auroc": "Image AUROC", "aupr": "AUPR", "fpr95": "FPR at 95% TPR", "pixel_auroc": "Pixel AUROC",
+           "aupro": "AUPRO (30 % FPR)"}
 FLAG_LEGEND = {
     "B": "Square beat the per-image worst white-box attack on the masking sample beyond noise: gradient masking "
          "(or white-box attacks that miss some images); Square then ran on every image and joined the worst case",
+    "T": "adversarial images made for another method (transferred, black-box) lowered this model's per-image worst "
+         "case beyond noise: gradient masking suspected; the transferred images joined the worst case",
     "s": "more attack steps changed the AUROC beyond noise: not converged (or inconsistent)",
     "L": "a very large eps did not break the detector",
     "m": "AUROC rose as eps grew beyond noise",

@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from robust_ad_bench.benchmark.leaderboard import eps_label, is_worst, worst_per_model  # noqa: E402
+from robust_ad_bench.benchmark.method_styles import method_styles  # noqa: E402
 from robust_ad_bench.benchmark.store import Store  # noqa: E402
 
 NORM_ORDER = ("linf", "l2")
@@ -60,9 +61,10 @@ def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
     ok = results[(results["status"] == "ok") & ~is_worst(results["attack"])]  # the worst case: its own plot
     paths: list[Path] = []
     for dataset, data, norms, methods in _attacked_datasets(ok):
-        colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+        looks = method_styles(methods)  # a colour and a marker per method; the line style tells the attack
+        colours = {m: looks[m][0] for m in methods}
         attacks = sorted(data.loc[data["norm"].isin(norms), "attack"].unique())
-        styles = {a: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i, a in enumerate(attacks)}
+        styles = {a: LINESTYLES[i % len(LINESTYLES)] for i, a in enumerate(attacks)}
         band_alpha = 0.15 if len(methods) <= 3 else 0.08  # many overlapping bands turn to mud
         fig, axes = plt.subplots(1, len(norms), figsize=(5.2 * len(norms) + 2.2, 4.2), squeeze=False,
                                  layout="constrained")
@@ -80,8 +82,7 @@ def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
                         continue
                     x, mean, std = (np.array(c) for c in zip(*stats))
                     ticks.update(x.tolist())
-                    ls, marker = styles[attack]
-                    ax.plot(x, mean, ls=ls, marker=marker, color=colours[method], lw=1.6, ms=5)
+                    ax.plot(x, mean, ls=styles[attack], marker=looks[method][1], color=colours[method], lw=1.6, ms=5)
                     ax.fill_between(x, mean - std, mean + std, color=colours[method], alpha=band_alpha, lw=0)
             ax.axhline(0.5, color="grey", ls=":", lw=1)
             xt = sorted(ticks)
@@ -95,8 +96,8 @@ def plot_auroc_vs_eps(results: pd.DataFrame, folder: Path) -> list[Path]:
             ax.set_ylabel("AUROC")
             ax.set_title(NORM_TITLE.get(norm, f"{norm} attacks"))
             ax.grid(alpha=0.3)
-        handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in methods]
-        handles += [Line2D([], [], color="black", ls=styles[a][0], marker=styles[a][1], label=a) for a in attacks]
+        handles = [Line2D([], [], color=colours[m], marker=looks[m][1], lw=2, label=m) for m in methods]
+        handles += [Line2D([], [], color="black", ls=styles[a], label=a) for a in attacks]
         handles.append(Line2D([], [], color="grey", ls=":", label="chance"))
         fig.legend(handles=handles, loc="outside right center", fontsize="small", frameon=False)
         fig.suptitle(f"{dataset}: AUROC under attack (mean ± std over classes and seeds)")
@@ -111,10 +112,11 @@ def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
     paths: list[Path] = []
     for dataset, data, norms, methods in _attacked_datasets(ok):
         lowest = worst_per_model(data)  # the per-image worst case, or the only attack run at an eps
+        looks = method_styles(methods)
         fig, axes = plt.subplots(1, len(norms), figsize=(5.2 * len(norms) + 2.2, 4.2), squeeze=False,
                                  layout="constrained")
         for ax, norm in zip(axes[0], norms):
-            for i, method in enumerate(methods):
+            for method in methods:
                 clean = data.loc[(data["method"] == method) & (data["attack"] == "clean"), "auroc"]
                 rows = lowest[(lowest["method"] == method) & (lowest["norm"] == norm)]
                 stats = [(float(e), *_mean_std(g["auroc"])) for e, g in rows.groupby("eps")]
@@ -123,11 +125,11 @@ def plot_robustness_curves(results: pd.DataFrame, folder: Path) -> list[Path]:
                 if not stats:
                     continue
                 x, mean, std = (np.array(c) for c in zip(*stats))
-                colour = plt.get_cmap("tab10")(i % 10)
+                colour, marker = looks[method]
                 # a fall-back (a single attack standing in for the worst case) is never silent
                 label = f"{method} (fallback at {rows['fallback'].astype(bool).sum()} points)" \
                     if rows["fallback"].astype(bool).any() else method
-                ax.plot(x, mean, marker=MARKERS[i % len(MARKERS)], color=colour, lw=1.6, ms=5, label=label)
+                ax.plot(x, mean, marker=marker, color=colour, lw=1.6, ms=5, label=label)
                 ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.1, lw=0)
             ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
             ticks = sorted({0.0, *map(float, lowest.loc[lowest["norm"] == norm, "eps"])})
@@ -241,5 +243,14 @@ def make_plots(store: Store, folder: Path, methods: list[str] | None = None,
         certified = certified[certified["method"].isin(methods)]
     if datasets is not None:
         certified = certified[certified["dataset"].isin(datasets)]
+    from robust_ad_bench.benchmark import gallery, transfer_report
+
+    transfers = store.transfer()
+    if methods is not None:
+        transfers = transfers[transfers["source"].isin(methods) & transfers["target"].isin(methods)]
+    if datasets is not None:
+        transfers = transfers[transfers["dataset"].isin(datasets)]
+    galleries = gallery.plot_galleries(store.folder / gallery.GALLERY_FOLDER, folder, methods, datasets)
     return (plot_auroc_vs_eps(results, folder) + plot_robustness_curves(results, folder)
-            + plot_certified(certified, folder) + plot_score_histograms(store, results, folder))
+            + plot_certified(certified, folder) + plot_score_histograms(store, results, folder)
+            + transfer_report.plot_transfer(transfers, folder) + galleries)

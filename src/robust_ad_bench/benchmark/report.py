@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from robust_ad_bench.benchmark import leaderboard
+from robust_ad_bench.benchmark import leaderboard, report_sections
+from robust_ad_bench.benchmark.robustness_area import with_areas
 from robust_ad_bench.benchmark.store import Store
 
 REPORT_FILE = "report.html"
@@ -143,11 +144,14 @@ def build_report(store: Store, out: str | Path, reported: Mapping[str, str] | No
     out = Path(out)
     results, checks = store.results(), store.checks()
     table = with_reported(leaderboard.wide(results, checks=checks), reported)
+    table = with_areas(table, results)
     paths = plots.make_plots(store, out / "plots") if not results.empty else []
+    transfers = store.transfer()
     body = [f"<h1>robust-ad-bench report</h1><p class='note'>{len(results)} jobs "
             f"({int((results['status'] == 'failed').sum()) if not results.empty else 0} failed) in "
             f"{html.escape(str(out.resolve().name))}; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
             "Cells: image AUROC, mean ± std over classes and seeds; click a column header to sort.</p>"]
+    body.append(report_sections.summary_section(results))
     if table.empty:
         body.append("<p>No finished jobs.</p>")
     else:
@@ -161,10 +165,13 @@ def build_report(store: Store, out: str | Path, reported: Mapping[str, str] | No
                     "(highest score of each normal, lowest of each anomaly), and the attack that won most images."
                     "</p>")
         body.append("<h2>Sanity-check flags</h2>" + legend_html(table))
+    body += [report_sections.gallery_section(paths), report_sections.transfer_section(transfers, paths),
+             report_sections.localisation_section(results)]
     if paths:
         body.append("<h2>Plots</h2>" + plots_html(paths))
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>robust-ad-bench report</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + f"\n<script>{SCRIPT}</script></body></html>\n")
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body)
+            + f"\n<script>{SCRIPT}{report_sections.ONLY_SCRIPT}</script></body></html>\n")
     path = out / REPORT_FILE
     path.write_text(page, encoding="utf-8")
     return path

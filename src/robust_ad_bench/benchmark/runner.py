@@ -40,6 +40,7 @@ from robust_ad_bench.benchmark.tasks import (
     Trained,
     WorstDone,
 )
+from robust_ad_bench.benchmark.transfer import TransferSummary, run_transfer
 from robust_ad_bench.core.registry import METHODS
 
 
@@ -56,6 +57,7 @@ class RunSummary:
     by_other: int = 0  # finished by another run on the same folder while this one ran
     left: int = 0  # not computed (the run was stopped)
     interrupted: bool = False
+    transfer: TransferSummary | None = None  # the transfer matrix and galleries, after the grid
 
 
 class Hooks:
@@ -121,6 +123,8 @@ class Runner:
             self.hooks.start(pending)
             for event in self.executor.run(self.claimed(tasks, store, claims, summary), self.hooks.training, stop):
                 self.write(self.record, event, store, summary, claims)
+            if not (stop and stop()):  # every split's models done: transfers and galleries (transfer.py)
+                summary.transfer = run_transfer(self.jobs, store, self.out, self.device, stop)
             summary.interrupted = bool(stop and stop())
         return summary
 

@@ -133,7 +133,7 @@ def run_step(step: Step, state: dict[str, torch.Tensor] | None = None, ship: boo
             return JobDone(job, job_result(job, "failed", seconds=time.perf_counter() - start,
                                            error=f"{type(exc).__name__}: {exc}"), trace(exc)), None
         result.seconds = time.perf_counter() - start
-        if detector.stochastic and job.norm != "none":  # kept to re-score its worst case with fresh draws
+        if job.norm != "none":  # kept: worst cases re-score them (stochastic), transfer scores them on other models
             with contextlib.suppress(OSError):  # not kept: the worst case attacks again from the job's seed
                 AdversarialImages(task.adversarial).save(job.key, split.test.to(device), x_adv, job.eps)
         return JobDone(job, result), None

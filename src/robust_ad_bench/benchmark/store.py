@@ -20,12 +20,12 @@ import pandas as pd
 
 from robust_ad_bench.core.errors import BenchError
 
-SCHEMA_VERSION = 2  # 2: attack_detail column, checks and certified tables
+SCHEMA_VERSION = 3  # 2: attack_detail column, checks and certified tables; 3: aupro column, transfer table
 STORE_FILE = "results.sqlite"
 RESULT_COLUMNS = (
     "key", "train_key", "status", "method", "dataset", "normal_class", "seed", "attack", "norm", "eps",
     "auroc", "auroc_ci_low", "auroc_ci_high", "aupr", "fpr95", "pixel_auroc", "n_test", "seconds", "error",
-    "adversarially_trained", "attack_detail", "config", "finished_at",
+    "adversarially_trained", "attack_detail", "config", "aupro", "finished_at",
 )
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS results (
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS results (
     attack TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL,
     auroc REAL, auroc_ci_low REAL, auroc_ci_high REAL, aupr REAL, fpr95 REAL, pixel_auroc REAL,
     n_test INTEGER, seconds REAL, error TEXT,
-    adversarially_trained INTEGER NOT NULL DEFAULT 0, attack_detail TEXT, config TEXT NOT NULL,
+    adversarially_trained INTEGER NOT NULL DEFAULT 0, attack_detail TEXT, config TEXT NOT NULL, aupro REAL,
     finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS scores (
@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS checks (
     normal_class TEXT NOT NULL, seed INTEGER NOT NULL, attack TEXT NOT NULL, name TEXT NOT NULL,
     passed INTEGER NOT NULL, value REAL, reference REAL, detail TEXT,
     PRIMARY KEY (check_key, attack, name)
+);
+CREATE TABLE IF NOT EXISTS transfer (
+    transfer_key TEXT NOT NULL, dataset TEXT NOT NULL, normal_class TEXT NOT NULL, seed INTEGER NOT NULL,
+    source TEXT NOT NULL, target TEXT NOT NULL, target_key TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL,
+    auroc REAL, n_test INTEGER, seconds REAL,
+    PRIMARY KEY (transfer_key, source, norm, eps)
 );
 CREATE TABLE IF NOT EXISTS certified (
     cert_key TEXT NOT NULL, train_key TEXT NOT NULL, method TEXT NOT NULL, dataset TEXT NOT NULL,
@@ -118,6 +124,26 @@ class CertifiedRow:
     abstain: float
 
 
+@dataclass
+class TransferRow:
+    """AUROC of one target model on the adversarial test images of one source method at one norm and eps
+    (a row of the ``transfer`` table; source == target: the method's own white-box images)."""
+
+    transfer_key: str
+    dataset: str
+    normal_class: str
+    seed: int
+    source: str
+    target: str
+    target_key: str  # the target's train key
+    norm: str
+    eps: float
+    auroc: float
+    n_test: int
+    seconds: float
+
+
+TRANSFER_COLUMNS = tuple(f.name for f in fields(TransferRow))
 CHECK_COLUMNS = tuple(f.name for f in fields(CheckRow))
 CERTIFIED_COLUMNS = tuple(f.name for f in fields(CertifiedRow))
 
@@ -149,6 +175,9 @@ class Store:
                 self.conn.execute("PRAGMA foreign_keys=ON")
                 if version == 1:  # a store written before attack_detail existed
                     self.conn.execute("ALTER TABLE results ADD COLUMN attack_detail TEXT")
+                known = {r[1] for r in self.conn.execute("PRAGMA table_info(results)")}
+                if version in (1, 2) and "aupro" not in known:  # a store written before AUPRO
+                    self.conn.execute("ALTER TABLE results ADD COLUMN aupro REAL")
                 self.conn.executescript(_SCHEMA)
         except sqlite3.OperationalError as exc:
             if is_locked(exc):
@@ -166,10 +195,10 @@ class Store:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(results)")}
-        ours = tables <= {"results", "scores", "checks", "certified", "claims"} and (
+        ours = tables <= {"results", "scores", "checks", "certified", "claims", "transfer"} and (
             not tables or {"key", "train_key", "status", "method"} <= columns)
-        if version not in (0, 1, SCHEMA_VERSION) or not ours:
-            what = f"schema version {version}" if version not in (0, 1, SCHEMA_VERSION) else \
+        if version not in (0, 1, 2, SCHEMA_VERSION) or not ours:
+            what = f"schema version {version}" if version not in (0, 1, 2, SCHEMA_VERSION) else \
                 f"tables {', '.join(sorted(tables)) or '(none)'}"
             self.conn.close()
             raise BenchError(f"{self.path} is not a results store of this tool ({what}; this tool reads schema "
@@ -200,7 +229,7 @@ class Store:
             m.get("auroc"), m.get("auroc_ci_low"), m.get("auroc_ci_high"), m.get("aupr"), m.get("fpr95"),
             m.get("pixel_auroc"), result.n_test,
             result.seconds, result.error, int(result.adversarially_trained), result.attack_detail,
-            json.dumps(result.config, sort_keys=True),
+            json.dumps(result.config, sort_keys=True), m.get("aupro"),
         )
         with self.conn:
             self.conn.execute(
@@ -280,6 +309,18 @@ class Store:
         if "certified" not in self._tables:
             return pd.DataFrame(columns=list(CERTIFIED_COLUMNS))
         return pd.read_sql_query(f"SELECT {', '.join(CERTIFIED_COLUMNS)} FROM certified", self.conn)
+
+    def has_transfer(self, transfer_key: str) -> bool:
+        return self._has("transfer", "transfer_key", transfer_key)
+
+    def put_transfer(self, rows: list[TransferRow]) -> None:
+        """The transfer figures of one target model, in one transaction."""
+        self._insert("transfer", TRANSFER_COLUMNS, [astuple(r) for r in rows])
+
+    def transfer(self) -> pd.DataFrame:
+        if "transfer" not in self._tables:
+            return pd.DataFrame(columns=list(TRANSFER_COLUMNS))
+        return pd.read_sql_query(f"SELECT {', '.join(TRANSFER_COLUMNS)} FROM transfer", self.conn)
 
     def scores(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, scores) of one job, or None."""
