@@ -97,17 +97,18 @@ def test_attack_batches_count_the_eot_copies(digits):
     score = noisy.score
     noisy.score = lambda x: sizes.append(len(x)) or score(x)
     x, y = digits.test[:40], digits.test_labels[:40]
-    ATTACKS.get("pgd")({"batch_size": 16, "eot_samples": 8, "steps": 2}).perturb(noisy, x, y, 8 / 255)
-    assert max(sizes) == 16  # 2 images x 8 draws per call, not 16 x 8
+    per_call = images_per_call(1, x.shape)  # 8×8 digits: 16 to a 32×32 image's worth of pixels
+    ATTACKS.get("pgd")({"batch_size": 1, "eot_samples": 8, "steps": 2}).perturb(noisy, x, y, 8 / 255)
+    assert max(sizes) == per_call == 16  # 2 images x 8 draws per call, not 16 x 8
     sizes.clear()
-    ATTACKS.get("pgd")({"batch_size": 16, "eot_samples": 1, "steps": 2}).perturb(noisy, x, y, 8 / 255)
+    ATTACKS.get("pgd")({"batch_size": 1, "eot_samples": 1, "steps": 2}).perturb(noisy, x, y, 8 / 255)
     assert max(sizes) == 16
 
 
 def test_batches_count_pixels_so_large_images_take_fewer_per_call():
     """batch_size counts 32×32 images: at 64×64 a batch of 16 is 4 images (attacks, scoring, certificates),
-    and small images are never batched by more than batch_size."""
-    assert [images_per_call(256, s) for s in ((1, 8, 8), (3, 32, 32), (3, 64, 96), (3, 224, 224))] == [256, 256, 42, 5]
+    and small images go more to a call (8×8: 16× the batch; certificates never more than their batch)."""
+    assert [images_per_call(256, s) for s in ((1, 8, 8), (3, 32, 32), (3, 64, 96), (3, 224, 224))] == [4096, 256, 42, 5]
     assert images_per_call(1, (3, 224, 224)) == 1
     train, test = torch.rand(8, 1, 64, 64), torch.rand(12, 1, 64, 64)
     detector = METHODS.get("knn")((1, 64, 64), {})

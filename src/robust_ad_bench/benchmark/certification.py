@@ -54,7 +54,7 @@ class CertifyConfig:
 def noisy_scores(score: ScoreFn, x: torch.Tensor, sigma: float, draws: int, batch_size: int) -> torch.Tensor:
     """Scores of ``draws`` Gaussian-noised copies of each image: N × draws, about ``batch_size`` noisy
     images per score call (counted in 32×32 images: ``images_per_call``)."""
-    batch_size = images_per_call(batch_size, x.shape)
+    batch_size = min(batch_size, images_per_call(batch_size, x.shape))  # never more than asked (keys unchanged)
     rows = []
     with torch.no_grad():
         for part in x.split(max(1, batch_size // min(draws, batch_size))):

@@ -60,11 +60,12 @@ BUDGET_TOLERANCE = 1e-5
 
 
 def images_per_call(batch_size: int, image_shape: Sequence[int]) -> int:
-    """How many images of ``image_shape`` (..., H, W) make ``batch_size`` 32×32 images' worth of pixels
-    (never more than ``batch_size``): a call's memory stays bounded on large images (at 224×224, a batch
-    of 256 is 5 images; a stochastic UNet detector at 256 images per call took about 10 GB there)."""
+    """How many images of ``image_shape`` (..., H, W) make ``batch_size`` 32×32 images' worth of pixels: a
+    call's memory stays bounded on large images (at 224×224, a batch of 128 is 2 images; a stochastic UNet
+    detector at 256 images per call took about 10 GB there), and small images go many to a call (8×8 digits:
+    16× the batch), where a call's fixed cost would otherwise dominate."""
     pixels = int(image_shape[-2]) * int(image_shape[-1])
-    return max(1, batch_size * REFERENCE_PIXELS // max(pixels, REFERENCE_PIXELS))
+    return max(1, batch_size * REFERENCE_PIXELS // max(pixels, 1))
 
 
 @dataclass
