@@ -66,8 +66,9 @@ def fresh_data(monkeypatch):
 
 def tiny_grid(out, **overrides):
     """A small grid on two digit classes with tiny training budgets."""
+    # the embedded data's full test sets (the default grid's are small subsets): the tests' statistics need them
     options = dict(methods="knn,ae", datasets="digits", attacks="clean,pgd", eps="32/255",
-                   classes="0,1", out=str(out), device="cpu")
+                   classes="0,1", out=str(out), device="cpu", dataset_params={})
     options.update(overrides)
     cfg = make_grid_config(**options)
     cfg.method_params = {**TINY_METHOD_PARAMS, **cfg.method_params}

@@ -243,6 +243,10 @@ def test_checks_missing_from_an_earlier_run_are_computed_without_recomputing_job
 
 def test_more_steps_check_flags_an_attack_that_has_not_converged(tmp_path):
     cfg = tiny_grid(tmp_path, methods="knn", classes="3")
+    # on every test image: on the default sample of 32 + 32 this attack's shortfall (about 0.04 AUROC) is within
+    # the noise of a 64-image AUROC (the checks' sample trades this power for a cost that does not grow with the
+    # test set; README, sanity checks)
+    cfg.checks.masking_normals = cfg.checks.masking_anomalies = 10_000
     cfg.attack_params = {"pgd": {"steps": 1, "step_size": 8 / 255, "random_start": False}}  # far from the edge
     Runner(cfg).run()
     with Store(tmp_path) as store:
