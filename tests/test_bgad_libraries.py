@@ -158,3 +158,21 @@ def test_geometric_augmentations_are_torchvisions():
     out_i, _ = augment._quarter_turns(images, masks, torch.zeros(48, dtype=torch.bool), g)
     assert torch.equal(out_i, images)
     assert not torch.equal(images[0].rot90(-1, (-2, -1)), TF.rotate(images[0], 90.0))
+
+
+@pytest.mark.parametrize("op", augment.OPS, ids=[op.__name__ for op in augment.OPS])
+def test_each_op_works_on_the_firing_images_only_and_as_on_the_whole_batch(op):
+    """The ops compute on the images whose op fires (for speed): those come out as when every image fires, the
+    others untouched, and the random stream is the same whichever fire."""
+    images, masks = torch.rand(12, 3, 16, 16), (torch.rand(12, 1, 16, 16) > 0.7).float()
+    some = torch.arange(12) % 3 == 0
+    all_i, all_m = op(images, masks, torch.ones(12, dtype=torch.bool), torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    some_i, some_m = op(images, masks, some, g)
+    torch.testing.assert_close(some_i[some], all_i[some], rtol=0, atol=0)
+    torch.testing.assert_close(some_m[some], all_m[some], rtol=0, atol=0)
+    assert torch.equal(some_i[~some], images[~some]) and torch.equal(some_m[~some], masks[~some])
+    after = torch.rand(1, generator=g)
+    g_all = torch.Generator().manual_seed(5)
+    op(images, masks, torch.zeros(12, dtype=torch.bool), g_all)
+    assert torch.equal(after, torch.rand(1, generator=g_all))
