@@ -2,12 +2,9 @@
 exactness, measured (never asserted in tests; the exactness is pinned by tests, see CONTRIBUTING.md's
 "Hand-written pieces and the libraries beside them").
 
-    python benchmarks/library_pieces.py metrics --sizes 1000000 10000000
-    python benchmarks/library_pieces.py decode
-    python benchmarks/library_pieces.py resize
-    python benchmarks/library_pieces.py readers
-    python benchmarks/library_pieces.py flow
-    python benchmarks/library_pieces.py augment
+    python benchmarks/library_pieces.py metrics --sizes 1e6 1e7
+    python benchmarks/library_pieces.py metrics --sizes 500 10000 --repeats 21
+    python benchmarks/library_pieces.py decode resize readers flow augment
 
 Each prints one table: the median wall time of ``--repeats`` runs on one thread (``OMP_NUM_THREADS=1``
 recommended), the peak of numpy's allocations (``tracemalloc``) where that is what a piece allocates, and
@@ -85,10 +82,11 @@ def bench_metrics(args: argparse.Namespace) -> None:
                 m_lib = peak_mib(lambda f=lib, s=s, y=y: f(y, s))
                 row(f"{n:.0e}", kind, name, f"{1000 * t_ours:.3g}", f"{1000 * t_lib:.3g}", f"{m_ours:.3g}",
                     f"{m_lib:.3g}", f"{abs(v_ours - v_lib):.1e}")
-            if n <= 10_000:  # image level: a bootstrap CI calls the metric 1000 times
-                t_ours, _ = timed(lambda s=s, y=y: metrics.bootstrap_ci(y, s, n=1000), 1)
-                t_lib, _ = timed(lambda s=s, y=y: metrics.bootstrap_ci(y, s, metric=skm.roc_auc_score, n=1000), 1)
-                row(f"{n:.0e}", kind, "bootstrap CI of auroc, 1000 rounds", f"{1000 * t_ours:.3g}",
+            if n <= 10_000:  # image level: a bootstrap CI calls the metric once a round
+                rounds = args.bootstrap_rounds
+                t_ours, _ = timed(lambda s=s, y=y, r=rounds: metrics.bootstrap_ci(y, s, n=r), 1)
+                t_lib, _ = timed(lambda s=s, y=y, r=rounds: metrics.bootstrap_ci(y, s, skm.roc_auc_score, n=r), 1)
+                row(f"{n:.0e}", kind, f"bootstrap CI of auroc, {rounds} rounds", f"{1000 * t_ours:.3g}",
                     f"{1000 * t_lib:.3g}", "", "", "")
 
 
@@ -323,18 +321,20 @@ def bench_augment(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("piece", choices=["metrics", "decode", "resize", "readers", "flow", "augment"])
+    parser.add_argument("pieces", nargs="+", choices=["metrics", "decode", "resize", "readers", "flow", "augment"])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7], help="metrics: pixels")
     parser.add_argument("--side", type=int, default=1024, help="decode: image side")
     parser.add_argument("--per-class", type=int, default=500, help="readers: training images per class")
+    parser.add_argument("--bootstrap-rounds", type=int, default=1000, help="metrics: rounds of the bootstrap CI")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes]
     import torch
 
     torch.set_num_threads(1)
-    {"metrics": bench_metrics, "decode": bench_decode, "resize": bench_resize, "readers": bench_readers,
-     "flow": bench_flow, "augment": bench_augment}[args.piece](args)
+    for piece in args.pieces:
+        {"metrics": bench_metrics, "decode": bench_decode, "resize": bench_resize, "readers": bench_readers,
+         "flow": bench_flow, "augment": bench_augment}[piece](args)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,12 @@ def test_parallel_harness_store_part_and_sla2p_throughput_run_on_tiny_inputs():
     assert "claiming and releasing one model" in run_script("parallel_harness.py", "--parts", "store")
     out = run_script("sla2p_throughput.py", "--k", "4", "--repeats", "1", "--batch", "16")
     assert "sla2p-const-inner" in out and "img/s" in out
+
+
+def test_library_pieces_script_runs_on_tiny_inputs():
+    """The measurements behind CONTRIBUTING.md's table of hand-written pieces can be repeated."""
+    out = run_script("library_pieces.py", "metrics", "decode", "readers", "--sizes", "2000", "--side", "16",
+                     "--per-class", "5", "--bootstrap-rounds", "5", "--repeats", "1")
+    assert out.count("| 2e+03 |") == 8 and "bootstrap CI of auroc, 5 rounds" in out
+    assert "| png-rgb16 16² |" in out and "| tiff-rgb16 16² |" in out
+    assert out.count("| True |") == 4, out  # every reader gives torchvision's arrays
