@@ -123,8 +123,9 @@ def test_the_freia_comparison_can_fail():
     for change in ("clamp", "scale", "rotation"):
         double = FreiaTwin(flow)
         with torch.no_grad():
-            if change == "clamp":  # a hard clamp's slope instead of tanh: different log-scales
-                double.blocks[1].subnet[2].weight.mul_(1.5)
+            if change == "clamp":  # clamp·tanh(s) instead of our clamp·tanh(s/clamp): the log-scale rows × clamp
+                double.blocks[1].subnet[2].weight[:3].mul_(1.9)
+                double.blocks[1].subnet[2].bias[:3].mul_(1.9)
             elif change == "scale":  # softplus with β = 1 instead of FrEIA's 0.1·softplus_β=0.5
                 double.blocks[0].global_scale.copy_(2 * torch.log(torch.expm1(5 * double.blocks[0].global_scale)))
             else:
