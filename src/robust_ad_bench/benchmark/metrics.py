@@ -8,7 +8,7 @@ or a test split with a single class are reported instead of turning into a silen
 The results match scikit-learn (``roc_curve`` with ``drop_intermediate=False``, ``roc_auc_score``,
 ``average_precision_score``), including ties (``tests/test_metrics.py``, to 1e-12), but avoid its
 per-call overhead and memory: AUROC is 3.6-12x faster than scikit-learn's on 1e7 pixels with a third to a
-half of its memory, and every metric is 15-80x faster on a few hundred image scores (bootstrap CIs); see
+half of its memory, and every metric is 9-80x faster on a few hundred image scores (bootstrap CIs); see
 CONTRIBUTING.md, hand-written pieces.
 """
 
