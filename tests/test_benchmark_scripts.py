@@ -92,3 +92,12 @@ def test_scaling_script_runs_on_a_tiny_grid(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     assert "2 class(es) per dataset" in proc.stdout and "per added class" in proc.stdout
     assert "2 method(s) (knn,deep-svdd)" in proc.stdout and "per added method" in proc.stdout
+
+
+def test_library_pieces_script_runs_on_tiny_inputs():
+    """The measurements behind CONTRIBUTING.md's table of hand-written pieces can be repeated."""
+    out = run_script("library_pieces.py", "metrics", "decode", "readers", "--sizes", "2000", "--side", "16",
+                     "--per-class", "5", "--bootstrap-rounds", "5", "--repeats", "1")
+    assert out.count("| 2e+03 |") == 8 and "bootstrap CI of auroc, 5 rounds" in out
+    assert "| png-rgb16 16² |" in out and "| tiff-rgb16 16² |" in out
+    assert out.count("| True |") == 4, out  # every reader gives torchvision's arrays

@@ -6,8 +6,10 @@ that names the problem: the runner stores that message when it marks a job as fa
 or a test split with a single class are reported instead of turning into a silent 0.5 or NaN.
 
 The results match scikit-learn (``roc_curve`` with ``drop_intermediate=False``, ``roc_auc_score``,
-``average_precision_score``), including ties, but avoid its per-call overhead so that pixel AUROC
-over millions of values stays well under a second.
+``average_precision_score``), including ties (``tests/test_metrics.py``, to 1e-12), but avoid its
+per-call overhead and memory: AUROC is 3.6-12x faster than scikit-learn's on 1e7 pixels with a third to a
+half of its memory, and every metric is 9-80x faster on a few hundred image scores (bootstrap CIs); see
+CONTRIBUTING.md, hand-written pieces.
 """
 
 from __future__ import annotations

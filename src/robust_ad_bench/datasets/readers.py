@@ -1,5 +1,9 @@
 """Readers of torchvision's on-disk formats, without unpickling anything untrusted.
 
+They give ``torchvision.datasets``' arrays exactly (``tests/test_readers_torchvision.py``) and are kept beside
+it because its CIFAR reader runs ``pickle.load`` on the file, insists on the official MD5 sums, reads no
+gzipped idx files and has no CIFAR-100 superclass labels (CONTRIBUTING.md, hand-written pieces).
+
 - CIFAR python batches are pickles whose ``data`` is a numpy uint8 array. They are read by a restricted
   ``pickle.Unpickler`` whose ``find_class`` refuses every global except numpy's array reconstruction
   (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``) and ``_codecs.encode``

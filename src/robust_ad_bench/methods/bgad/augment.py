@@ -27,6 +27,7 @@ that for every image (no foreground masks here). The geometric ops already move 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,13 +46,24 @@ def _identity_grid(n: int, height: int, width: int) -> torch.Tensor:
     return F.affine_grid(theta, [n, 1, height, width], align_corners=False)
 
 
-def _resample(images: torch.Tensor, masks: torch.Tensor, grid: torch.Tensor,
-              active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and masks sampled at ``grid`` where ``active`` (masks stay binary: bilinear, then > 0.5)."""
+def _on_active(images: torch.Tensor, masks: torch.Tensor, active: torch.Tensor,
+               fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(images[idx], masks[idx], idx)`` on the images whose op fires, the others as they are. Each op draws
+    its parameters for every image first, so the random stream does not depend on which images fire, and the
+    work (grid sampling at full image size) is done for the firing few only."""
+    idx = active.nonzero()[:, 0]
+    if not len(idx):
+        return images, masks
+    new_images, new_masks = fn(images[idx], masks[idx], idx)
+    return images.index_copy(0, idx, new_images), masks.index_copy(0, idx, new_masks)
+
+
+def _resample(images: torch.Tensor, masks: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and masks sampled at ``grid`` (masks stay binary: bilinear, then > 0.5)."""
     moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     moved_masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5
-    a = active[:, None, None, None]
-    return torch.where(a, moved, images), torch.where(a, moved_masks.float(), masks)
+    return moved, moved_masks.float()
 
 
 def _quarter_turns(images, masks, active, g):
@@ -69,39 +81,44 @@ def _quarter_turns(images, masks, active, g):
 
 def _flip(images, masks, active, g):
     kind = torch.randint(3, (len(images),), generator=g)  # 0: vertical, 1: horizontal, 2: both
-    vertical = (active & (kind != 1))[:, None, None, None]
-    horizontal = (active & (kind != 0))[:, None, None, None]
-    images = torch.where(vertical, images.flip(-2), images)
-    masks = torch.where(vertical, masks.flip(-2), masks)
-    return torch.where(horizontal, images.flip(-1), images), torch.where(horizontal, masks.flip(-1), masks)
+
+    def flip(im, m, idx):
+        vertical = (kind[idx] != 1)[:, None, None, None]
+        horizontal = (kind[idx] != 0)[:, None, None, None]
+        im, m = torch.where(vertical, im.flip(-2), im), torch.where(vertical, m.flip(-2), m)
+        return torch.where(horizontal, im.flip(-1), im), torch.where(horizontal, m.flip(-1), m)
+
+    return _on_active(images, masks, active, flip)
 
 
 def _transpose(images, masks, active, g):
     if images.shape[-1] != images.shape[-2]:
         return images, masks
-    a = active[:, None, None, None]
-    return torch.where(a, images.transpose(-1, -2), images), torch.where(a, masks.transpose(-1, -2), masks)
+    return _on_active(images, masks, active, lambda im, m, idx: (im.transpose(-1, -2), m.transpose(-1, -2)))
 
 
 def _optical(images, masks, active, g):
     n, _, height, width = images.shape
     k = _uniform(n, -1.0, 1.0, g)[:, None, None, None]
     centre = _uniform(2 * n, -0.05, 0.05, g).view(n, 1, 1, 2) * 2  # shift in grid units ([−1, 1] spans 2)
-    grid = _identity_grid(n, height, width)
-    offset = grid - centre
-    r2 = offset.pow(2).sum(-1, keepdim=True) / 4  # radius² in units of the image size
-    return _resample(images, masks, centre + offset * (1 + k * r2), active)
+
+    def distort(im, m, idx):
+        offset = _identity_grid(len(idx), height, width) - centre[idx]
+        r2 = offset.pow(2).sum(-1, keepdim=True) / 4  # radius² in units of the image size
+        return _resample(im, m, centre[idx] + offset * (1 + k[idx] * r2))
+
+    return _on_active(images, masks, active, distort)
 
 
 def _noise(images, masks, active, g):
     std = _uniform(len(images), 0.01, 0.03, g)[:, None, None, None]
     noise = torch.randn(images.shape, generator=g) * std
-    return torch.where(active[:, None, None, None], (images + noise).clamp(0, 1), images), masks
+    return _on_active(images, masks, active, lambda im, m, idx: ((im + noise[idx]).clamp(0, 1), m))
 
 
 def _blur(images, masks, active, g):
-    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return torch.where(active[:, None, None, None], blurred, images), masks
+    return _on_active(images, masks, active,
+                      lambda im, m, idx: (F.avg_pool2d(F.pad(im, (1, 1, 1, 1), mode="replicate"), 3, stride=1), m))
 
 
 def _shift_scale_rotate(images, masks, active, g):
@@ -111,27 +128,31 @@ def _shift_scale_rotate(images, masks, active, g):
     shift = _uniform(2 * n, -0.0625, 0.0625, g).view(n, 2) * 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # output → source: inverse rotation/scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
-    return _resample(images, masks, grid, active)
+    return _on_active(images, masks, active, lambda im, m, idx: _resample(
+        im, m, F.affine_grid(theta[idx], [len(idx), 1, height, width], align_corners=False)))
 
 
 def _displacement(images, masks, active, g):
     n, _, height, width = images.shape
     coarse = _uniform(n * 2 * 25, -0.1, 0.1, g).view(n, 2, 5, 5)  # ± 0.05 of the image size per node
-    field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-    return _resample(images, masks, _identity_grid(n, height, width) + field, active)
+
+    def displace(im, m, idx):
+        field = F.interpolate(coarse[idx], size=(height, width), mode="bicubic", align_corners=True)
+        return _resample(im, m, _identity_grid(len(idx), height, width) + field.permute(0, 2, 3, 1))
+
+    return _on_active(images, masks, active, displace)
 
 
 def _brightness_contrast(images, masks, active, g):
     n = len(images)
     alpha = _uniform(n, 0.8, 1.2, g)[:, None, None, None]
     beta = _uniform(n, -0.2, 0.2, g)[:, None, None, None]
-    return torch.where(active[:, None, None, None], (alpha * images + beta).clamp(0, 1), images), masks
+    return _on_active(images, masks, active, lambda im, m, idx: ((alpha[idx] * im + beta[idx]).clamp(0, 1), m))
 
 
 def _value_shift(images, masks, active, g):
     shift = _uniform(len(images), -20 / 255, 20 / 255, g)[:, None, None, None]
-    return torch.where(active[:, None, None, None], (images + shift).clamp(0, 1), images), masks
+    return _on_active(images, masks, active, lambda im, m, idx: ((im + shift[idx]).clamp(0, 1), m))
 
 
 OPS = (_quarter_turns, _flip, _transpose, _optical, _noise, _blur, _shift_scale_rotate, _displacement,
