@@ -13,6 +13,7 @@ from rich.console import Console
 
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
+from robust_ad_bench.benchmark.claims import live_claims
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reported import cell_reported
 from robust_ad_bench.benchmark.runtime import ensure_writable
@@ -40,16 +41,16 @@ def _writable(folder: str | Path) -> bool:
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     with open_existing(args.out) as store:
-        results, checks = store.results(), store.checks()
+        results, checks, live = store.results(), store.checks(), live_claims(store)
     figures = [f for name in paper_names() for f in load_paper(name).figures] if args.reported else []
     shown = cell_reported(results, figures, args.metric) if figures else None
     older = args.configurations
-    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown, older), table_console(), args.metric)
+    leaderboard.render(leaderboard.wide(results, args.metric, checks, shown, older, live), table_console(), args.metric)
     if not _writable(args.out):
         console.print(f"[yellow]{args.out} cannot be written: the leaderboard was printed, not written to files"
                       "[/yellow]", highlight=False, soft_wrap=True)
         return 0
-    for path in leaderboard.write(results, args.out, args.metric, checks, shown, older):
+    for path in leaderboard.write(results, args.out, args.metric, checks, shown, older, live):
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     return 0
 
