@@ -140,3 +140,26 @@ def test_reference_script_writes_a_table_that_loads(tmp_path):
 def test_the_packaged_reference_table_loads():
     reference = load_reference()
     assert reference is not None and reference.calibration > 0 and reference.rates
+
+
+def test_dry_run_counts_and_estimates_per_method_from_the_folders_step_times(tmp_path, capsys):
+    from robust_ad_bench.benchmark.cli import main
+
+    out = str(tmp_path / "res")
+    tiny = ["--datasets", "digits", "--attacks", "clean,pgd", "--eps", "8/255", "--device", "cpu", "--no-checks",
+            "--out", out]
+    assert main(["run", "--methods", "knn", "--classes", "0", *tiny]) == 0
+    capsys.readouterr()
+    plugin = str(ROOT / "tests" / "plugins" / "failing_methods.py")
+    before = (Path(out) / STORE_FILE).read_bytes()
+    assert main(["run", "--plugin", plugin, "--methods", "knn,broken-fit", "--classes", "0,1", "--dry-run",
+                 *tiny]) == 0
+    raw = capsys.readouterr().out
+    stdout = " ".join(raw.split())
+    assert (Path(out) / STORE_FILE).read_bytes() == before  # a dry run writes nothing
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in raw.splitlines() if line.startswith("│ knn ")]
+    cost = [row for row in rows if row[-1] == STORED]  # the grid table's knn rows end otherwise
+    assert len(cost) == 1 and cost[0][1:6] == ["1", "2", "0", "0", "0"]  # class 1: trained, its 2 jobs
+    assert "no estimate" in stdout and "none (not in the stored or reference times)" in stdout  # broken-fit
+    assert "from step times stored in the results folder (this machine)" in stdout
+    assert "plus 6 step(s) without an estimate" in stdout  # broken-fit: 2 trainings and 4 jobs

@@ -8,10 +8,10 @@ import io
 
 import pandas as pd
 import pytest
-from conftest import tiny_grid
 from rich.console import Console
 from rich.progress import Progress
 
+from conftest import tiny_grid
 from robust_ad_bench.benchmark.cli import RichHooks
 from robust_ad_bench.benchmark.execution import ExecutionConfig
 from robust_ad_bench.benchmark.runner import Hooks, Runner

@@ -111,8 +111,9 @@ SOURCE_TEXT = {STORED: "step times stored in the results folder (this machine)",
                SCALED: "the packaged reference table, scaled by this machine's calibration"}
 
 
-def print_costs(steps: list[PlannedStep], found: Estimate, console: Console) -> None:
-    """Per method: the steps of each kind a run would do and their estimated time."""
+def print_costs(tasks: list[ModelTask], steps: list[PlannedStep], found: Estimate, console: Console) -> None:
+    """Per method: the trainings, jobs, worst cases (a checked model's: computed by its checks), checks and
+    certificates a run would do, and their estimated time."""
     table = Table(title="work left and its estimated time, per method")
     for col in ("method", "trainings", "jobs", "worst cases", "checks", "certificates", "est. step time", "source"):
         table.add_column(col, justify="left" if col in ("method", "source") else "right")
@@ -120,8 +121,10 @@ def print_costs(steps: list[PlannedStep], found: Estimate, console: Console) -> 
     for step in steps:
         by_method.setdefault(step.method, []).append(step)
     for method, group in by_method.items():
-        count = {kind: sum(s.kind == kind and (kind != "train" or s.units > 0) for s in group)
-                 for kind in ("train", "job", "worst", "checks", "certify")}
+        mine = [t for t in tasks if t.first.method == method]
+        count = {"train": sum(s.kind == "train" and s.units > 0 for s in group),
+                 "job": sum(len(t.pending) for t in mine), "worst": sum(len(t.worst) for t in mine),
+                 "checks": sum(bool(t.check_key) for t in mine), "certify": sum(bool(t.cert_key) for t in mine)}
         seconds, missing = found.total(group)
         sources = sorted({found.sources[s.id] for s in group if s.id in found.sources})
         text = "no estimate" if missing == len(group) else duration(seconds) + (
@@ -157,6 +160,6 @@ def dry_run(runner: Runner, console: Console) -> None:
     workers, threads = parallelism(runner.cfg.execution)
     found = estimate(steps, stored, load_reference(), workers, threads)
     if steps:
-        print_costs(steps, found, console)
+        print_costs(tasks, steps, found, console)
     for line in estimate_lines(steps, found):
         console.print(line, highlight=False, soft_wrap=True)
