@@ -13,7 +13,6 @@ from rich.progress import Progress
 
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.cli import RichHooks
-from robust_ad_bench.benchmark.execution import ExecutionConfig
 from robust_ad_bench.benchmark.runner import Hooks, Runner
 from robust_ad_bench.benchmark.step_costs import PlannedStep
 from robust_ad_bench.benchmark.step_progress import StepProgress
@@ -90,7 +89,7 @@ def test_the_cli_display_shows_steps_done_left_and_time_left():
         steps = plan(models=("a",), jobs=2)
         stored = pd.DataFrame([{"kind": s.kind, "method": s.method, "dataset": s.dataset, "detail": s.detail,
                                 "units": 1.0, "seconds": 6.0} for s in steps[:1] + steps[1:2] + steps[-1:]])
-        hooks.plan(steps, stored, ExecutionConfig("serial", threads=1))
+        hooks.plan(steps, stored, 1, 1)
         task = progress.tasks[hooks.steps]
         assert (task.total, task.completed) == (4, 0)
         assert task.description == "steps 0/4, 4 left, about 24 s to go"
@@ -106,7 +105,7 @@ class Recording(Hooks):
     def __init__(self):
         self.calls = []
 
-    def plan(self, steps, stored, execution):
+    def plan(self, steps, stored, workers, threads):
         self.steps = steps
         self.calls.append(("plan", len(steps), len(stored)))
 

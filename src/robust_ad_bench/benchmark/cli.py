@@ -27,7 +27,7 @@ from robust_ad_bench.benchmark.cli_reports import (
 )
 from robust_ad_bench.benchmark.config import make_grid_config
 from robust_ad_bench.benchmark.dry_run import dry_run
-from robust_ad_bench.benchmark.execution import EXECUTORS, ExecutionConfig
+from robust_ad_bench.benchmark.execution import EXECUTORS
 from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reproduce import plan
@@ -58,8 +58,8 @@ class RichHooks(Hooks):
         self.train = progress.add_task("training", total=1, visible=False)
         self.tracker: StepProgress | None = None
 
-    def plan(self, steps: list[PlannedStep], stored: pd.DataFrame, execution: ExecutionConfig) -> None:
-        self.tracker = run_progress(steps, stored, execution)
+    def plan(self, steps: list[PlannedStep], stored: pd.DataFrame, workers: int, threads: int) -> None:
+        self.tracker = run_progress(steps, stored, workers, threads)
         self._show_steps()
 
     def step_done(self, kind: str, key: str, seconds: float | None) -> None:

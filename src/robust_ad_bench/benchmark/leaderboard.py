@@ -85,6 +85,12 @@ def check_flags(checks: pd.DataFrame | None, results: pd.DataFrame | None = None
     return {key: "".join(sorted(v)) for key, v in found.items() if v and key[2] != "*"}
 
 
+def flag_text(flags: str) -> str:
+    """``!Bs`` for failed checks, ``…`` for pending ones (both: ``!B …``), "" for none."""
+    failed = flags.replace(PENDING, "")
+    return " ".join(p for p in (f"!{failed}" if failed else "", PENDING if PENDING in flags else "") if p)
+
+
 def top_winner(detail: str | None) -> str:
     """The attack that won most images of a worst-case row (its ``attack_detail``: ``won=pgd:61%+...``)."""
     text = str(detail or "")
@@ -119,12 +125,6 @@ def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     # clean first, then attacks by name and eps, within each dataset
     table["_order"] = (table["norm"] != "none").astype(int)
     return table.sort_values(["dataset", "_order", "attack", "eps", "method"]).drop(columns="_order")
-
-
-def flag_text(flags: str) -> str:
-    """``!Bs`` for failed checks, ``…`` for pending ones (both: ``!B …``), "" for none."""
-    failed = flags.replace(PENDING, "")
-    return " ".join(p for p in (f"!{failed}" if failed else "", PENDING if PENDING in flags else "") if p)
 
 
 def _cell(mean: float, std: float, n: int, note: str) -> str:

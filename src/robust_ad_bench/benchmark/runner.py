@@ -26,7 +26,6 @@ import pandas as pd
 
 from robust_ad_bench.benchmark.claims import Claims
 from robust_ad_bench.benchmark.config import GridConfig, expand_grid
-from robust_ad_bench.benchmark.execution import ExecutionConfig
 from robust_ad_bench.benchmark.executors import Executor, make_executor
 from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
 from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
@@ -71,8 +70,8 @@ class Hooks:
     def waiting(self, holder: str) -> None: ...  # every task left is claimed by another run
     def store_busy(self, error: str) -> None: ...  # a write waits for a store another process locks
     # the steps (trainings, jobs, worst cases, checks, certificates) the run will do, the step durations stored
-    # in its folder and how it runs: for an estimate of the time left
-    def plan(self, steps: list[PlannedStep], stored: pd.DataFrame, execution: ExecutionConfig) -> None: ...
+    # in its folder, its workers and their torch threads: for an estimate of the time left
+    def plan(self, steps: list[PlannedStep], stored: pd.DataFrame, workers: int, threads: int) -> None: ...
     def step_done(self, kind: str, key: str, seconds: float | None) -> None: ...  # None: failed or only loaded
     def model_done(self, train_key: str) -> None: ...  # the model's steps not done by now will not run
 
@@ -129,7 +128,7 @@ class Runner:
             summary.skipped, summary.left = len(self.jobs) - pending, pending
             self.hooks.start(pending)
             self.planned = {s.id: s for s in planned_steps(tasks, self.out / "models")}
-            self.hooks.plan(list(self.planned.values()), store.step_times(), execution)
+            self.hooks.plan(list(self.planned.values()), store.step_times(), *parallelism(execution))
             for event in self.executor.run(self.claimed(tasks, store, claims, summary), self.hooks.training, stop):
                 self.write(self.record, event, store, summary, claims)
             summary.interrupted = bool(stop and stop())

@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from robust_ad_bench.benchmark.execution import ExecutionConfig
-from robust_ad_bench.benchmark.step_costs import PlannedStep, duration, estimate, load_reference, parallelism
+from robust_ad_bench.benchmark.step_costs import PlannedStep, duration, estimate, load_reference
 
 PRIOR_WEIGHT = 0.1  # the estimate counts as this share of the whole run's estimated time of measured evidence
 
@@ -91,9 +90,9 @@ class StepProgress:
         return f"steps {self.finished}/{self.total}, {self.left} left, {eta}"
 
 
-def run_progress(steps: list[PlannedStep], stored: pd.DataFrame, execution: ExecutionConfig) -> StepProgress:
-    """The progress of a run of ``steps``, estimated from the folder's ``stored`` step durations or the
-    packaged reference (a calibration of about 0.3 s, only when the stored durations do not cover them)."""
-    workers, threads = parallelism(execution)
+def run_progress(steps: list[PlannedStep], stored: pd.DataFrame, workers: int, threads: int) -> StepProgress:
+    """The progress of a run of ``steps`` on ``workers`` with ``threads`` each, estimated from the folder's
+    ``stored`` step durations or the packaged reference (a calibration of about 0.3 s, only when the stored
+    durations do not cover them)."""
     found = estimate(steps, stored, load_reference(), workers, threads)
     return StepProgress(steps, found.seconds, workers)
