@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
+    steps = ",\n  ".join(json.dumps(step) for step in table["steps"])  # one rate a line: diffs stay readable
+    Path(args.json).write_text(f'{{"machine": {json.dumps(table["machine"])},\n "steps": [\n  {steps}\n ]}}\n')
     print(f"wrote {args.json}: {len(table['steps'])} rates, calibration {table['machine']['calibration_seconds']} s "
           f"at {table['machine']['threads']} thread(s)")
     return 0
