@@ -135,6 +135,10 @@ def test_reference_script_writes_a_table_that_loads(tmp_path):
     reference = load_reference(target)
     assert reference is not None and reference.calibration == 0.25
     assert rate(reference.rates, step(units=1)) == pytest.approx(3.0 / 40)
+    assert script.main(["--out", str(tmp_path), "--json", str(target)]) == 0  # the command: calibrates now
+    written = load_reference(target)
+    assert written is not None and written.calibration > 0 and written.rates == reference.rates
+    assert script.main(["--out", str(tmp_path / "empty"), "--json", str(target)]) == 2  # no store: one line
 
 
 def test_the_packaged_reference_table_loads():
