@@ -197,8 +197,8 @@ def load_reference(path: str | Path | None = None) -> Reference | None:
 
 def calibrate(threads: int, repeats: int = 3) -> float:
     """Seconds of a fixed torch workload (forward and backward of a small conv net on 64 images of 32×32,
-    20 times: about 0.1 s on one core of a recent CPU) with ``threads``; the best of ``repeats``, so that a
-    moment's load from other processes counts least."""
+    20 times) with ``threads``; the best of ``repeats``, so that a moment's load from other processes counts
+    least."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

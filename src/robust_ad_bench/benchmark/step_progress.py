@@ -92,7 +92,7 @@ class StepProgress:
 
 def run_progress(steps: list[PlannedStep], stored: pd.DataFrame, workers: int, threads: int) -> StepProgress:
     """The progress of a run of ``steps`` on ``workers`` with ``threads`` each, estimated from the folder's
-    ``stored`` step durations or the packaged reference (a calibration of about 0.3 s, only when the stored
+    ``stored`` step durations or the packaged reference (then a short calibration runs, only when the stored
     durations do not cover them)."""
     found = estimate(steps, stored, load_reference(), workers, threads)
     return StepProgress(steps, found.seconds, workers)
