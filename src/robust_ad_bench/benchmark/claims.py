@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from robust_ad_bench.benchmark.store import is_locked, locked_error
+from robust_ad_bench.benchmark.store import Store, is_locked, locked_error
 
 CLAIMS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -46,6 +46,20 @@ def process_alive(pid: int, started: str | None) -> bool:
         pass
     now = process_start(pid)
     return started is None or now is None or now == started
+
+
+def is_live(host: str, pid: int, started: str | None, expires: float, now: float) -> bool:
+    """Whether a claim is held by a live run: its lease runs and, on this host, its process is there."""
+    return expires > now and (host != socket.gethostname() or process_alive(pid, started))
+
+
+def live_claims(store: Store) -> set[str]:
+    """The training keys that live runs hold in ``store`` now (read only: for reports of a run in progress)."""
+    if "claims" not in {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
+        return set()
+    now = time.time()
+    rows = store.conn.execute("SELECT key, host, pid, started, expires FROM claims").fetchall()
+    return {key for key, host, pid, started, expires in rows if is_live(host, pid, started, expires, now)}
 
 
 class Claims:
@@ -80,11 +94,7 @@ class Claims:
 
     def _live(self, row: tuple, now: float) -> bool:
         owner, host, pid, started, expires = row
-        if owner == self.owner:
-            return False  # ours
-        if expires <= now:
-            return False
-        return host != self.host or process_alive(pid, started)
+        return owner != self.owner and is_live(host, pid, started, expires, now)  # ours: not another run's
 
     def claim(self, key: str, what: str = "") -> bool:
         """Take ``key`` unless another live run holds it."""

@@ -33,6 +33,8 @@ from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reproduce import plan
 from robust_ad_bench.benchmark.runner import Hooks, Runner, RunSummary
 from robust_ad_bench.benchmark.runtime import GracefulStop, ensure_writable
+from robust_ad_bench.benchmark.step_costs import PlannedStep
+from robust_ad_bench.benchmark.step_progress import StepProgress, run_progress
 from robust_ad_bench.benchmark.store import Store
 from robust_ad_bench.benchmark.transfer import transfer_lines
 from robust_ad_bench.benchmark.validation import validate_grid
@@ -47,12 +49,34 @@ DESCRIPTION = ("Adversarially robust anomaly detectors under one attack suite: r
 
 
 class RichHooks(Hooks):
-    """Two rich progress bars: the grid (jobs) and the training of the current model (epochs)."""
+    """Three rich progress bars: the grid (jobs), its steps (with the estimated time left: ``step_progress``)
+    and the training of the current model (epochs)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.grid = progress.add_task("grid", total=0)
+        self.steps = progress.add_task("steps", total=0)
         self.train = progress.add_task("training", total=1, visible=False)
+        self.tracker: StepProgress | None = None
+
+    def plan(self, steps: list[PlannedStep], stored: pd.DataFrame, workers: int, threads: int) -> None:
+        self.tracker = run_progress(steps, stored, workers, threads)
+        self._show_steps()
+
+    def step_done(self, kind: str, key: str, seconds: float | None) -> None:
+        if self.tracker is not None:
+            self.tracker.step_done(kind, key, seconds)
+            self._show_steps()
+
+    def model_done(self, train_key: str) -> None:
+        if self.tracker is not None:
+            self.tracker.model_done(train_key)
+            self._show_steps()
+
+    def _show_steps(self) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        self.progress.update(self.steps, total=tracker.total, completed=tracker.finished, description=tracker.text())
 
     def start(self, total: int) -> None:
         self.progress.update(self.grid, total=total)

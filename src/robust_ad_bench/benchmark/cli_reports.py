@@ -13,6 +13,7 @@ from rich.console import Console
 
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.audit import audit_tables
+from robust_ad_bench.benchmark.claims import live_claims
 from robust_ad_bench.benchmark.papers import load_paper, paper_names
 from robust_ad_bench.benchmark.reported import cell_reported
 from robust_ad_bench.benchmark.robustness_area import robustness_areas, sort_table, with_areas
@@ -41,11 +42,11 @@ def _writable(folder: str | Path) -> bool:
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     with open_existing(args.out) as store:
-        results, checks = store.results(), store.checks()
+        results, checks, live = store.results(), store.checks(), live_claims(store)
     figures = [f for name in paper_names() for f in load_paper(name).figures] if args.reported else []
     shown = cell_reported(results, figures, args.metric) if figures else None
     older = args.configurations
-    table = leaderboard.wide(results, args.metric, checks, shown, older)
+    table = leaderboard.wide(results, args.metric, checks, shown, older, live)
     if args.metric == "auroc":  # the robustness number is an AUROC area: beside the clean AUROC only
         table = with_areas(table, results)
     leaderboard.render(sort_table(table, args.sort), table_console(), args.metric)
@@ -53,7 +54,7 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]{args.out} cannot be written: the leaderboard was printed, not written to files"
                       "[/yellow]", highlight=False, soft_wrap=True)
         return 0
-    paths = leaderboard.write(results, args.out, args.metric, checks, shown, older)
+    paths = leaderboard.write(results, args.out, args.metric, checks, shown, older, live)
     areas = robustness_areas(results)
     if not areas.empty:  # one robustness number per method, dataset and norm (long, numeric)
         paths.append(Path(args.out) / "robustness.csv")

@@ -1,6 +1,6 @@
 """``run --dry-run`` (and ``reproduce --dry-run``): the validated grid and everything a run of it would do
-(models to train, jobs, per-image worst cases, sanity checks, certificates), computed from the store
-opened read-only; nothing is written."""
+(models to train, jobs, per-image worst cases, sanity checks, certificates), per method, with the estimated
+time of each (``step_costs``), computed from the store opened read-only; nothing is written."""
 
 from __future__ import annotations
 
@@ -13,7 +13,18 @@ from rich.table import Table
 from robust_ad_bench.benchmark import leaderboard
 from robust_ad_bench.benchmark.jobs import Job
 from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import STORE_FILE, open_existing
+from robust_ad_bench.benchmark.step_costs import (
+    SCALED,
+    STORED,
+    Estimate,
+    PlannedStep,
+    duration,
+    estimate,
+    load_reference,
+    parallelism,
+    planned_steps,
+)
+from robust_ad_bench.benchmark.store import STEP_TIME_COLUMNS, STORE_FILE, open_existing
 from robust_ad_bench.benchmark.tasks import ModelTask
 
 
@@ -32,13 +43,23 @@ class _NoStore:
     def scores(self, key: str) -> None:
         return None
 
+    def step_times(self) -> pd.DataFrame:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in STEP_TIME_COLUMNS})
+
 
 def planned_tasks(runner: Runner) -> list[ModelTask]:
     """What a run would compute, per trained model (the store, if any, read-only)."""
+    return planned_work(runner)[0]
+
+
+def planned_work(runner: Runner) -> tuple[list[ModelTask], pd.DataFrame]:
+    """What a run would compute, per trained model, and the step durations stored in its folder (the store,
+    if any, read-only)."""
     if Path(runner.cfg.out, STORE_FILE).is_file():
         with open_existing(runner.cfg.out) as store:
-            return runner.tasks(store)  # type: ignore[arg-type]
-    return runner.tasks(_NoStore())  # type: ignore[arg-type]
+            return runner.tasks(store), store.step_times()  # type: ignore[arg-type]
+    store = _NoStore()
+    return runner.tasks(store), store.step_times()  # type: ignore[arg-type]
 
 
 def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
@@ -86,9 +107,59 @@ def plan_lines(runner: Runner, tasks: list[ModelTask]) -> list[str]:
     return lines
 
 
+SOURCE_TEXT = {STORED: "step times stored in the results folder (this machine)",
+               SCALED: "the packaged reference table, scaled by this machine's calibration"}
+
+
+def print_costs(tasks: list[ModelTask], steps: list[PlannedStep], found: Estimate, console: Console) -> None:
+    """Per method: the trainings, jobs, worst cases (a checked model's: computed by its checks), checks and
+    certificates a run would do, and their estimated time."""
+    table = Table(title="work left and its estimated time, per method")
+    for col in ("method", "trainings", "jobs", "worst cases", "checks", "certificates", "est. step time", "source"):
+        table.add_column(col, justify="left" if col in ("method", "source") else "right")
+    by_method: dict[str, list[PlannedStep]] = {}
+    for step in steps:
+        by_method.setdefault(step.method, []).append(step)
+    for method, group in by_method.items():
+        mine = [t for t in tasks if t.first.method == method]
+        count = {"train": sum(s.kind == "train" and s.units > 0 for s in group),
+                 "job": sum(len(t.pending) for t in mine), "worst": sum(len(t.worst) for t in mine),
+                 "checks": sum(bool(t.check_key) for t in mine), "certify": sum(bool(t.cert_key) for t in mine)}
+        seconds, missing = found.total(group)
+        sources = sorted({found.sources[s.id] for s in group if s.id in found.sources})
+        text = "no estimate" if missing == len(group) else duration(seconds) + (
+            f" + {missing} step(s) without estimate" if missing else "")
+        table.add_row(method, *(str(count[k]) for k in count), text,
+                      "/".join(sources) if sources else "none (not in the stored or reference times)")
+    console.print(table)
+
+
+def estimate_lines(steps: list[PlannedStep], found: Estimate) -> list[str]:
+    """The estimated total: summed step time, and the wall time on the run's workers."""
+    seconds, missing = found.total(steps)
+    if not steps:
+        return ["estimated time: nothing left to compute"]
+    if missing == len(steps):
+        return ["estimated time: no estimate (no step of this grid was measured in this folder or in the "
+                "packaged reference table)"]
+    used = sorted({found.sources[s.id] for s in steps if s.id in found.sources})
+    lines = [f"estimated time: {duration(seconds)} of step time; with {found.workers} worker(s) about "
+             f"{duration(seconds / found.workers)} wall on this machine"
+             + (f", plus {missing} step(s) without an estimate" if missing else "")]
+    lines += [f"  from {SOURCE_TEXT[source]}" + (f" ({found.note})" if source == SCALED else "") for source in used]
+    return lines
+
+
 def dry_run(runner: Runner, console: Console) -> None:
-    tasks = planned_tasks(runner)
+    tasks, stored = planned_work(runner)
     pending = {job.key for task in tasks for job in task.pending}
     print_grid(runner.jobs, pending, console)
     for line in plan_lines(runner, tasks):
+        console.print(line, highlight=False, soft_wrap=True)
+    steps = planned_steps(tasks, Path(runner.cfg.out) / "models")
+    workers, threads = parallelism(runner.cfg.execution)
+    found = estimate(steps, stored, load_reference(), workers, threads)
+    if steps:
+        print_costs(tasks, steps, found, console)
+    for line in estimate_lines(steps, found):
         console.print(line, highlight=False, soft_wrap=True)

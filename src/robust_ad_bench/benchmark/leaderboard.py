@@ -5,9 +5,10 @@ parameter are never averaged; a cell shows its latest configuration and notes ol
 ``configurations=True`` lists them side by side), failed rows and fall-backs. Rendered with rich in the
 terminal; written as CSV (long, numeric), Markdown and LaTeX (wide, "mean ± std"). A cell whose sanity checks
 failed carries their flags (``!B``: Square beat the white-box attacks, see ``FLAG_LEGEND``; ``!?``: the
-model's checks did not run). For each norm and eps attacked by several attacks a ``worst-<norm>`` column
-holds the AUROC of the per-image worst case over every candidate (a derived row the runner stores, see
-``benchmark.worst_case``), with the candidate that won most images and the flags of every attack it combines.
+model's checks did not run; ``…``: pending, a run in progress holds the model or may still check it). For
+each norm and eps attacked by several attacks a ``worst-<norm>`` column holds the AUROC of the per-image
+worst case over every candidate (a derived row the runner stores, see ``benchmark.worst_case``), with
+the candidate that won most images and the flags of every attack it combines.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ FLAG_LEGEND = {
     "!": "a check raised (its message: robust-ad-bench audit)",
     "?": "the model's sanity checks did not run (checks off, or one of its jobs failed)",
 }
+PENDING = "…"  # the model's checks are not stored yet and a live run may still store them
+PENDING_LEGEND = ("…: pending: the model's sanity checks are not stored yet and a run in progress holds the model "
+                  "or may still check it")
 __all__ = ["is_worst", "worst_per_model", "wide", "summarize", "render", "write"]  # the first two: cells'
 CELL_NOTES = ("[+N older]: the store holds N older configurations of the cell (other attack or method parameters, "
               "versions): never averaged with the latest one shown (leaderboard --configurations lists them); "
@@ -61,10 +65,12 @@ def column_label(dataset: str, attack: str, norm: str, eps: float) -> str:
     return f"{dataset} {attack}" if norm == "none" else f"{dataset} {attack} {eps_label(eps, norm)}"
 
 
-def check_flags(checks: pd.DataFrame | None, results: pd.DataFrame | None = None) -> dict[tuple[str, str, str], str]:
+def check_flags(checks: pd.DataFrame | None, results: pd.DataFrame | None = None,
+                live: set[str] | None = None) -> dict[tuple[str, str, str], str]:
     """(method, dataset, attack) -> the flags of every check that failed for it, e.g. ``"Bs"``; a check of
     the whole model (attack ``*``) flags all its attacks. With ``results``, the attacked cells of models
-    that have no check rows at all get ``?``."""
+    that have no check rows at all get ``?``, or ``…`` (pending) while a live run may still check them:
+    ``live`` (training keys live runs hold) names the model, or holds some model and none of its jobs failed."""
     if checks is None:
         return {}
     found: dict[tuple[str, str, str], set[str]] = {}
@@ -74,11 +80,19 @@ def check_flags(checks: pd.DataFrame | None, results: pd.DataFrame | None = None
     if results is not None and not results.empty:
         attacked = results[(results["status"] == "ok") & (results["norm"] != "none")]
         checked = set(checks["train_key"]) if not checks.empty else set()
+        failed_models = set(results.loc[results["status"] == "failed", "train_key"])
         for method, dataset, attack, train_key in attacked[["method", "dataset", "attack", "train_key"]].values:
             if train_key not in checked:
-                found.setdefault((method, dataset, attack), set()).add("?")
+                pending = bool(live) and (train_key in live or train_key not in failed_models)  # type: ignore[operator]
+                found.setdefault((method, dataset, attack), set()).add(PENDING if pending else "?")
             found.setdefault((method, dataset, attack), set()).update(found.get((method, dataset, "*"), set()))
     return {key: "".join(sorted(v)) for key, v in found.items() if v and key[2] != "*"}
+
+
+def flag_text(flags: str) -> str:
+    """``!Bs`` for failed checks, ``…`` for pending ones (both: ``!B …``), "" for none."""
+    failed = flags.replace(PENDING, "")
+    return " ".join(p for p in (f"!{failed}" if failed else "", PENDING if PENDING in flags else "") if p)
 
 
 def top_winner(detail: str | None) -> str:
@@ -97,7 +111,7 @@ def _worst_notes(worst: pd.DataFrame, flags: dict[tuple[str, str, str], str]) ->
         found = "".join(sorted({f for a in combined | {attack} for f in flags.get((method, dataset, a), "")}))
         winners = rows["attack_detail"].map(top_winner)
         notes[key] = " ".join(p for p in (winners.value_counts().index[0] if winners.any() else "",
-                                          f"!{found}" if found else "") if p)
+                                          flag_text(found)) if p)
     return notes
 
 
@@ -132,21 +146,23 @@ def _cell(mean: float, std: float, n: int, note: str, ci: tuple[float, float] | 
 
 
 def wide(results: pd.DataFrame, metric: str = "auroc", checks: pd.DataFrame | None = None,
-         reported: dict[tuple, str] | None = None, configurations: bool = False) -> pd.DataFrame:
+         reported: dict[tuple, str] | None = None, configurations: bool = False,
+         live: set[str] | None = None) -> pd.DataFrame:
     """Methods × columns of "mean ± std" strings with check flags, per-image worst-case columns included
     (their images are the worst per image for any ranking metric); extra columns flag training and failed
     jobs. ``reported`` ((method, dataset, attack, norm, eps) → a paper's figure, from
     ``reported.cell_reported``) adds a "<column> reported" column beside each column that has one;
-    ``configurations`` adds, right of a cell's column, one column per older configuration of it."""
+    ``configurations`` adds, right of a cell's column, one column per older configuration of it. ``live``:
+    the training keys live runs hold (``claims.live_claims``): their unchecked cells show pending (``…``)."""
     long = summarize(results, metric)
     if long.empty:
         return pd.DataFrame()
     shown = latest(results)[0]
-    flags = check_flags(checks, shown)
+    flags = check_flags(checks, shown, live)
     worst_notes = _worst_notes(shown[is_worst(shown["attack"]) & (shown["status"] == "ok")], flags)
     marks = cell_notes(results)
     notes = [" ".join(p for p in ((worst_notes.get(tuple(r), "") if str(r[2]).startswith(WORST_PREFIX)
-                                   else (f"!{flags[tuple(r[:3])]}" if tuple(r[:3]) in flags else "")),
+                                   else flag_text(flags.get(tuple(r[:3]), ""))),
                                   marks.get(tuple(r), "")) if p) for r in long[GROUP].values]
     cis = (list(zip(long["ci_low"], long["ci_high"])) if "ci_low" in long else [None] * len(long))
     long = long.assign(column=[column_label(*r) for r in long[["dataset", "attack", "norm", "eps"]].values],
@@ -287,7 +303,8 @@ def flag_legend(table: pd.DataFrame) -> list[str]:
     """One line per check flag that appears in the table."""
     text = " ".join(str(v) for v in table.drop(columns=["AT", "SA", "failed"], errors="ignore").values.ravel())
     shown = {c for word in text.split() if word.startswith("!") for c in word[1:]}
-    return [f"!{flag}: {meaning}" for flag, meaning in FLAG_LEGEND.items() if flag in shown]
+    pending = [PENDING_LEGEND] if PENDING in text.split() else []
+    return [f"!{flag}: {meaning}" for flag, meaning in FLAG_LEGEND.items() if flag in shown] + pending
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -313,11 +330,12 @@ def to_latex(table: pd.DataFrame) -> str:
 
 
 def write(results: pd.DataFrame, folder: str | Path, metric: str = "auroc", checks: pd.DataFrame | None = None,
-          reported: dict[tuple, str] | None = None, configurations: bool = False) -> list[Path]:
+          reported: dict[tuple, str] | None = None, configurations: bool = False,
+          live: set[str] | None = None) -> list[Path]:
     """Write leaderboard.csv (long, numeric), leaderboard.md and leaderboard.tex (wide); other metrics
     than AUROC go to leaderboard_<metric>.*."""
     folder = Path(folder)
-    table = wide(results, metric, checks, reported, configurations)
+    table = wide(results, metric, checks, reported, configurations, live)
     stem = "leaderboard" if metric == "auroc" else f"leaderboard_{metric}"
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
     summarize(results, metric).to_csv(paths[0], index=False)

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from robust_ad_bench.benchmark.claims import Claims
 from robust_ad_bench.benchmark.config import GridConfig, expand_grid
 from robust_ad_bench.benchmark.executors import Executor, make_executor
 from robust_ad_bench.benchmark.jobs import Job, certificate_key, check_key, worst_case_groups
 from robust_ad_bench.benchmark.runtime import ensure_writable, resolve_device
+from robust_ad_bench.benchmark.step_costs import PlannedStep, event_step, parallelism, planned_steps
 from robust_ad_bench.benchmark.store import Store, is_locked
 from robust_ad_bench.benchmark.tasks import (
     CertifiedDone,
@@ -69,6 +71,11 @@ class Hooks:
         return None
     def waiting(self, holder: str) -> None: ...  # every task left is claimed by another run
     def store_busy(self, error: str) -> None: ...  # a write waits for a store another process locks
+    # the steps (trainings, jobs, worst cases, checks, certificates) the run will do, the step durations stored
+    # in its folder, its workers and their torch threads: for an estimate of the time left
+    def plan(self, steps: list[PlannedStep], stored: pd.DataFrame, workers: int, threads: int) -> None: ...
+    def step_done(self, kind: str, key: str, seconds: float | None) -> None: ...  # None: failed or only loaded
+    def model_done(self, train_key: str) -> None: ...  # the model's steps not done by now will not run
 
 
 class Runner:
@@ -79,6 +86,7 @@ class Runner:
         self.jobs = expand_grid(cfg)  # validates every name and parameter before anything runs
         self.out = Path(cfg.out)
         self.executor = executor or make_executor(cfg.execution)
+        self.planned: dict[tuple[str, str], PlannedStep] = {}  # the run's steps, by (kind, key)
 
     def pending(self, store: Store) -> list[Job]:
         done = store.finished_keys()
@@ -121,6 +129,8 @@ class Runner:
             pending = sum(len(task.pending) for task in tasks)
             summary.skipped, summary.left = len(self.jobs) - pending, pending
             self.hooks.start(pending)
+            self.planned = {s.id: s for s in planned_steps(tasks, self.out / "models")}
+            self.hooks.plan(list(self.planned.values()), store.step_times(), *parallelism(execution))
             for event in self.executor.run(self.claimed(tasks, store, claims, summary), self.hooks.training, stop):
                 self.write(self.record, event, store, summary, claims)
             if not (stop and stop()):  # every split's models done: transfers and galleries (transfer.py)
@@ -144,6 +154,7 @@ class Runner:
                 fresh = self.refresh(task, store, summary)
                 if fresh is None:
                     self.write(claims.release, task.train_key)
+                    self.hooks.model_done(task.train_key)
                     continue
                 yield fresh
             if waiting and not took:
@@ -182,10 +193,15 @@ class Runner:
                 time.sleep(1.0)
 
     def record(self, event: Event, store: Store, summary: RunSummary, claims: Claims | None = None) -> None:
-        """Store one event (the driver is the only writer of the store)."""
+        """Store one event (the driver is the only writer of the store), and how long its step took."""
+        timed = event_step(event)
+        if timed and timed[3] and timed[2] > 0 and timed[:2] in self.planned:  # first: a retried write repeats it
+            workers, threads = parallelism(self.cfg.execution)
+            store.put_step_time(self.planned[timed[:2]].timing(timed[2], threads, workers))
         if isinstance(event, ModelDone):
             if claims is not None:
                 claims.release(event.job.train_key)
+            self.hooks.model_done(event.job.train_key)
         elif isinstance(event, Trained):
             summary.trained += event.fitted
         elif isinstance(event, JobDone):
@@ -225,6 +241,8 @@ class Runner:
         elif isinstance(event, StepFailed):
             self.log_failure(event.job, event.traceback)
             summary.failed.append((event.job, event.message))
+        if timed:
+            self.hooks.step_done(timed[0], timed[1], timed[2] if timed[3] else None)
 
     def log_failure(self, job: Job, trace: str) -> None:
         """Full tracebacks go to a log file in the output folder; the store keeps the one-line message."""

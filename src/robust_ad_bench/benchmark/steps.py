@@ -114,7 +114,7 @@ def run_step(step: Step, state: dict[str, torch.Tensor] | None = None, ship: boo
         except Exception as exc:
             return StepFailed(first, f"training failed: {type(exc).__name__}: {exc}", trace(exc)), None
         shipped = {k: v.detach().cpu() for k, v in detector.state_dict().items()} if ship else None
-        return Trained(first, fitted), shipped
+        return Trained(first, fitted, time.perf_counter() - start), shipped
     try:
         detector, split, _ = model_for(task, state)
     except Exception as exc:  # the model was trained by an earlier step: this is unexpected
@@ -149,9 +149,9 @@ def run_step(step: Step, state: dict[str, torch.Tensor] | None = None, ship: boo
         if step.kind == "checks":
             rows, worst = model_checks(task.jobs, task.check_key, step.scores or {}, detector, split, task.checks,
                                        device, AdversarialImages(task.adversarial), task.worst)
-            return ChecksDone(first, rows, worst=worst), None
-        return CertifiedDone(first, model_certificates(task.jobs, task.cert_key, detector, split, task.certify,
-                                                       device)), None
+            return ChecksDone(first, rows, worst=worst, seconds=time.perf_counter() - start), None
+        rows = model_certificates(task.jobs, task.cert_key, detector, split, task.certify, device)
+        return CertifiedDone(first, rows, time.perf_counter() - start), None
     except Exception as exc:  # reported, and the grid goes on
         if step.kind == "checks":
             return checks_failed(step, f"checks failed: {type(exc).__name__}: {exc}", trace(exc)), None

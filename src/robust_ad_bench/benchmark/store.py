@@ -20,7 +20,7 @@ import pandas as pd
 
 from robust_ad_bench.core.errors import BenchError
 
-SCHEMA_VERSION = 3  # 2: attack_detail column, checks and certified tables; 3: aupro column, transfer table
+SCHEMA_VERSION = 3  # 2: attack_detail column, checks and certified tables; 3: aupro column, transfer and step_times
 STORE_FILE = "results.sqlite"
 RESULT_COLUMNS = (
     "key", "train_key", "status", "method", "dataset", "normal_class", "seed", "attack", "norm", "eps",
@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS certified (
     threshold REAL, certified_accuracy REAL, certified_auroc REAL, abstain REAL,
     PRIMARY KEY (cert_key, sigma, radius)
 );
+CREATE TABLE IF NOT EXISTS step_times (
+    kind TEXT NOT NULL, step_key TEXT NOT NULL, method TEXT NOT NULL, dataset TEXT NOT NULL, detail TEXT NOT NULL,
+    units REAL NOT NULL, seconds REAL NOT NULL, threads INTEGER, workers INTEGER,
+    finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    PRIMARY KEY (kind, step_key)
+);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -86,6 +92,22 @@ class JobResult:
     attack_detail: str = ""
     labels: np.ndarray | None = None
     scores: np.ndarray | None = None
+
+
+@dataclass
+class StepTime:
+    """How long one step took (a row of the ``step_times`` table, read by the time estimates): ``detail`` is
+    the attack of a job, the norm of a worst case, else ""; ``units`` its work units (``step_costs``)."""
+
+    kind: str
+    step_key: str
+    method: str
+    dataset: str
+    detail: str
+    units: float
+    seconds: float
+    threads: int | None = None
+    workers: int | None = None
 
 
 @dataclass
@@ -146,6 +168,7 @@ class TransferRow:
 TRANSFER_COLUMNS = tuple(f.name for f in fields(TransferRow))
 CHECK_COLUMNS = tuple(f.name for f in fields(CheckRow))
 CERTIFIED_COLUMNS = tuple(f.name for f in fields(CertifiedRow))
+STEP_TIME_COLUMNS = tuple(f.name for f in fields(StepTime))
 
 
 def is_locked(exc: sqlite3.Error) -> bool:
@@ -195,7 +218,7 @@ class Store:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(results)")}
-        ours = tables <= {"results", "scores", "checks", "certified", "claims", "transfer"} and (
+        ours = tables <= {"results", "scores", "checks", "certified", "claims", "transfer", "step_times"} and (
             not tables or {"key", "train_key", "status", "method"} <= columns)
         if version not in (0, 1, 2, SCHEMA_VERSION) or not ours:
             what = f"schema version {version}" if version not in (0, 1, 2, SCHEMA_VERSION) else \
@@ -321,6 +344,17 @@ class Store:
         if "transfer" not in self._tables:
             return pd.DataFrame(columns=list(TRANSFER_COLUMNS))
         return pd.read_sql_query(f"SELECT {', '.join(TRANSFER_COLUMNS)} FROM transfer", self.conn)
+
+    def put_step_time(self, row: StepTime) -> None:
+        """The duration of one step (the latest measurement of a step replaces an earlier one)."""
+        self._insert("step_times", STEP_TIME_COLUMNS, [astuple(row)])
+
+    def step_times(self) -> pd.DataFrame:
+        """Every measured step duration (empty for a store written before they were kept)."""
+        if "step_times" not in self._tables:
+            return pd.DataFrame({c: pd.Series(dtype=float if c in ("units", "seconds") else object)
+                                 for c in STEP_TIME_COLUMNS})
+        return pd.read_sql_query(f"SELECT {', '.join(STEP_TIME_COLUMNS)} FROM step_times", self.conn)
 
     def scores(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, scores) of one job, or None."""

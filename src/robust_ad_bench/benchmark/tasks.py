@@ -77,6 +77,7 @@ class Trained:
 
     job: Job
     fitted: bool
+    seconds: float = 0.0  # how long the step took (for the time estimates)
 
 
 @dataclass
@@ -107,12 +108,14 @@ class ChecksDone:
     error: str = ""
     traceback: str = ""
     worst: list[JobResult] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 @dataclass
 class CertifiedDone:
     job: Job
     rows: list[CertifiedRow]
+    seconds: float = 0.0
 
 
 @dataclass
