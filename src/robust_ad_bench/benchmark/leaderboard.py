@@ -140,7 +140,7 @@ def summarize(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
 def _cell(mean: float, std: float, n: int, note: str, ci: tuple[float, float] | None = None) -> str:
     # one run has no spread: show the bare number (with its bootstrap CI when known) rather than a fake ± 0
     text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
-    if n == 1 and ci is not None and all(np.isfinite(ci)):
+    if n == 1 and ci is not None and all(pd.notna(c) and np.isfinite(float(c)) for c in ci):
         text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
     return f"{text} {note}" if note else text
 
