@@ -60,7 +60,7 @@ def row(*cells: object) -> None:
 def bench_metrics(args: argparse.Namespace) -> None:
     from sklearn import metrics as skm
 
-    from robust_ad_bench.benchmark import metrics
+    from robust_ad_bench.benchmark.protocol import metrics
 
     def sk_fpr95(y, s):
         fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)

@@ -1,6 +1,6 @@
 """How often the gradient-masking check flags a detector masked on part of its images: the old check (Square
 on every test image, one fresh draw per query, flag when its AUROC is below PGD's by more than 0.02) against
-the paired per-image test on a stratified sample (``benchmark.masking``, as the checks run it).
+the paired per-image test on a stratified sample (``benchmark.protocol.masking``, as the checks run it).
 
 The doubles: a linear score (per-class std about 1.4) on 1×8×8 images; a marker pixel (weight 0, beyond the
 eps's reach) masks a share of the images, whose score is taken of the image rounded to 1/255 (value intact,
@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-from robust_ad_bench.benchmark import metrics
-from robust_ad_bench.benchmark.checks import CheckConfig
-from robust_ad_bench.benchmark.evaluation import score_images
-from robust_ad_bench.benchmark.masking import deterministic_test, stochastic_test, stratified_sample
+from robust_ad_bench.benchmark.evaluation.scoring import score_images
+from robust_ad_bench.benchmark.protocol import metrics
+from robust_ad_bench.benchmark.protocol.checks import CheckConfig
+from robust_ad_bench.benchmark.protocol.masking import deterministic_test, stochastic_test, stratified_sample
 from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import ATTACKS
 

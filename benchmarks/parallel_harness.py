@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_ad_bench.benchmark.jobs import content_key
-from robust_ad_bench.benchmark.store import JobResult, Store
+from robust_ad_bench.benchmark.grid.jobs import content_key
+from robust_ad_bench.benchmark.results.store import JobResult, Store
 
 CLI = [sys.executable, "-m", "robust_ad_bench.benchmark.cli"]
 EXECUTORS = {  # label -> run flags
@@ -157,7 +157,7 @@ def store_overhead(rounds: int = 300) -> None:
             store.put(JobResult(content_key({"i": i}), "t", "ok", "ae", "digits", "0", 0, "pgd", "linf", 8 / 255,
                                 config, {"auroc": 0.9, "aupr": 0.8}, 400, 1.0, labels=labels, scores=scores))
         put = (time.perf_counter() - start) / rounds
-        from robust_ad_bench.benchmark.claims import Claims
+        from robust_ad_bench.benchmark.execution.claims import Claims
 
         with Claims(store.path) as claims:
             start = time.perf_counter()

@@ -18,11 +18,12 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
-from robust_ad_bench.benchmark import evaluation, executors, steps
-from robust_ad_bench.benchmark.checks import CheckConfig
-from robust_ad_bench.benchmark.config import make_grid_config
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.scheduler import StepScheduler
+from robust_ad_bench.benchmark.evaluation import scoring
+from robust_ad_bench.benchmark.execution import executors, steps
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.execution.scheduler import StepScheduler
+from robust_ad_bench.benchmark.grid.config import make_grid_config
+from robust_ad_bench.benchmark.protocol.checks import CheckConfig
 from robust_ad_bench.core.registry import ATTACKS
 
 PHASES = ("training", "attack jobs", "worst cases", "checks", "certification")
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--methods", default="all")
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="rab-profile-")
-    evaluation.attacked_scores = timed_attacked_scores(evaluation.attacked_scores)
+    scoring.attacked_scores = timed_attacked_scores(scoring.attacked_scores)
     steps.run_step = timed_run_step(steps.run_step)
     executors.run_step = steps.run_step  # the serial executor's reference
     StepScheduler._finished = timed_finished(StepScheduler._finished)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from robust_ad_bench.benchmark.step_costs import REFERENCE, calibrate, rates_of
-from robust_ad_bench.benchmark.store import open_existing
+from robust_ad_bench.benchmark.execution.step_costs import REFERENCE, calibrate, rates_of
+from robust_ad_bench.benchmark.results.store import open_existing
 from robust_ad_bench.core.errors import BenchError
 
 PACKAGED = Path(__file__).resolve().parents[1] / "src" / REFERENCE[0] / REFERENCE[1]

@@ -14,8 +14,8 @@ import argparse
 
 import pandas as pd
 
-from robust_ad_bench.benchmark.leaderboard import eps_label, is_worst
-from robust_ad_bench.benchmark.store import open_existing
+from robust_ad_bench.benchmark.results.leaderboard import eps_label, is_worst
+from robust_ad_bench.benchmark.results.store import open_existing
 
 KEY = ["method", "dataset", "norm", "eps"]
 

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from robust_ad_bench.benchmark.config import make_grid_config
+from robust_ad_bench.benchmark.grid.config import make_grid_config
 
 TINY_FLOW = {"pretext_epochs": 2, "epochs": 2, "coupling_blocks": 2, "pos_dim": 8}
 TINY_SLA = {"n_projections": 16, "projection_dim": 16, "encoder_epochs": 2}

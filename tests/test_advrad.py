@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from conftest import TINY_METHOD_PARAMS, tiny_grid
-from robust_ad_bench.benchmark.config import load_yaml, make_grid_config
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import load_yaml, make_grid_config
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS

@@ -15,7 +15,7 @@ pytest.importorskip("anomalib")
 import miniature_data as mini  # noqa: E402
 from conftest import TINY_METHOD_PARAMS  # noqa: E402
 from robust_ad_bench.benchmark.cli import main  # noqa: E402
-from robust_ad_bench.benchmark.store import Store  # noqa: E402
+from robust_ad_bench.benchmark.results.store import Store  # noqa: E402
 from robust_ad_bench.core.dataset import TrainSet  # noqa: E402
 from robust_ad_bench.core.errors import BenchError  # noqa: E402
 from robust_ad_bench.core.registry import DATASETS, METHODS  # noqa: E402
@@ -89,7 +89,7 @@ def test_options_pass_through_and_are_checked():
 
 def test_pretrained_backbones_are_keyed_by_their_weights():
     pytest.importorskip("timm")
-    from robust_ad_bench.benchmark.config import expand_grid, make_grid_config
+    from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
 
     def key(model_params):
         cfg = make_grid_config(methods="anomalib-padim", datasets="digits", attacks="clean", classes="0",

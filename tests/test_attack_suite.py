@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.certification import (
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.protocol.certification import (
     CertifyConfig,
     certified_auroc,
     certify,
@@ -20,9 +19,10 @@ from robust_ad_bench.benchmark.certification import (
     min_count,
     noisy_scores,
 )
-from robust_ad_bench.benchmark.metrics import auroc
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.protocol.metrics import auroc
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.audit import audit_tables
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.attack import images_per_call
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError

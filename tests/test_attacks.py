@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark.protocol import metrics
 from robust_ad_bench.core.attack import attack_objective
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.measure import label
 
-from robust_ad_bench.benchmark.aupro import aupro
+from robust_ad_bench.benchmark.protocol.aupro import aupro
 
 
 def reference_aupro(masks: np.ndarray, maps: np.ndarray, limit: float = 0.3) -> float:

@@ -75,7 +75,7 @@ def test_corrupt_image_fails_only_its_split(tree, capsys):
                  "method_params.ae.epochs=1", "--no-checks", "--device", "cpu", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 1
-    from robust_ad_bench.benchmark.store import Store
+    from robust_ad_bench.benchmark.results.store import Store
 
     with Store(out) as store:
         results = store.results()

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import TINY_FLOW, tiny_grid
-from robust_ad_bench.benchmark import defects, leaderboard
-from robust_ad_bench.benchmark.config import expand_grid
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import expand_grid
+from robust_ad_bench.benchmark.results import defects, leaderboard
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.dataset import TrainSet, seeded_generator
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
@@ -353,7 +353,7 @@ def test_torchvision_backbone_from_a_local_weights_file(tmp_path):
 
 
 def test_paper_config_parses_and_its_parameters_are_valid():
-    from robust_ad_bench.benchmark.config import load_yaml
+    from robust_ad_bench.benchmark.grid.config import load_yaml
     from robust_ad_bench.core.params import build_config
 
     data = load_yaml("bgad_mvtec")  # the mvtec data is not needed to check the grid options

@@ -11,11 +11,11 @@ import pandas as pd
 from rich.console import Console
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.cells import configuration, difference, latest, worst_per_model
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.audit import audit_tables
+from robust_ad_bench.benchmark.results.cells import configuration, difference, latest, worst_per_model
+from robust_ad_bench.benchmark.results.store import Store
 
 
 def row(cls, auroc, steps, order, attack="pgd", **extra):

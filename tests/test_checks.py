@@ -11,12 +11,12 @@ import torch
 
 from conftest import tiny_grid
 from robust_ad_bench.attacks.square import square_search
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.checks import CheckConfig
-from robust_ad_bench.benchmark.metrics import auroc
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.protocol.checks import CheckConfig
+from robust_ad_bench.benchmark.protocol.metrics import auroc
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.audit import audit_tables
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.attack import attack_objective
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS, load_plugin_file
@@ -217,10 +217,10 @@ def test_audit_does_not_say_all_passed_when_a_class_was_not_checked(tmp_path):
 def test_checks_attack_only_their_stratified_sample(tmp_path, monkeypatch):
     """Every check that runs an attack runs it on the stratified sample (its cost does not grow with the test
     set); its images at a grid eps still join the worst case, on the sample's images only."""
-    from robust_ad_bench.benchmark import evaluation
+    from robust_ad_bench.benchmark.evaluation import scoring
 
     sizes = []
-    original = evaluation.attacked_scores
+    original = scoring.attacked_scores
 
     def recording(detector, split, attack, params, eps, *args, **kwargs):
         out = original(detector, split, attack, params, eps, *args, **kwargs)
@@ -229,7 +229,7 @@ def test_checks_attack_only_their_stratified_sample(tmp_path, monkeypatch):
 
     cfg = tiny_grid(tmp_path, methods="ae", attacks="clean,fgsm,pgd", classes="3", eps="32/255")
     cfg.checks.masking_normals, cfg.checks.masking_anomalies = 6, 10
-    monkeypatch.setattr(evaluation, "attacked_scores", recording)
+    monkeypatch.setattr(scoring, "attacked_scores", recording)
     assert not Runner(cfg).run().failed
     with Store(tmp_path) as store:
         results, checks = store.results(), store.checks()

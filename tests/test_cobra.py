@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.config import make_grid_config
-from robust_ad_bench.benchmark.papers import load_paper
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import make_grid_config
+from robust_ad_bench.benchmark.papers.catalog import load_paper
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.params import build_config

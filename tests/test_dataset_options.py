@@ -8,8 +8,8 @@ import pytest
 import miniature_data as mini
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.config import apply_sets, expand_grid, make_grid_config
-from robust_ad_bench.benchmark.jobs import StoredConfig
+from robust_ad_bench.benchmark.grid.config import apply_sets, expand_grid, make_grid_config
+from robust_ad_bench.benchmark.grid.jobs import StoredConfig
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.datasets import cache
 from robust_ad_bench.datasets.protocols import make_split
@@ -76,7 +76,7 @@ def test_known_defects_from_defect_folders_and_defects_report(tmp_path, capsys):
     code = main(["defects", "--out", out, "--data-root", str(tmp_path / "data")])
     text = capsys.readouterr().out
     assert code == 0 and "seen" in text and "unseen" in text and "scratch" in text
-    from robust_ad_bench.benchmark.store import Store
+    from robust_ad_bench.benchmark.results.store import Store
 
     with Store(out) as store:
         config = store.results()["config"].iloc[0]

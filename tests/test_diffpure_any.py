@@ -56,7 +56,7 @@ def test_a_detector_with_a_map_and_surrogates_behind_the_purifier(digits):
 
 
 def test_the_detector_option_is_checked():
-    from robust_ad_bench.benchmark.config import expand_grid, make_grid_config
+    from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
 
     with pytest.raises(BenchError, match="unknown method 'knnn'"):  # with the grid's options, before any run
         expand_grid(make_grid_config(methods="diffpure", datasets="digits",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robust_ad_bench.attacks.ensemble import Ensemble
-from robust_ad_bench.benchmark.metrics import auroc
+from robust_ad_bench.benchmark.protocol.metrics import auroc
 from robust_ad_bench.core.attack import attack_objective
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.config import make_grid_config
-from robust_ad_bench.benchmark.execution import ExecutionConfig
-from robust_ad_bench.benchmark.executors import SerialExecutor, make_executor
-from robust_ad_bench.benchmark.pool import LocalExecutor
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.executors import SerialExecutor, make_executor
+from robust_ad_bench.benchmark.execution.pool import LocalExecutor
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import make_grid_config
+from robust_ad_bench.benchmark.grid.execution import ExecutionConfig
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import load_plugin_file
 
@@ -138,7 +138,7 @@ def test_execution_options_are_validated(tmp_path):
 def test_ray_missing_is_a_clear_error(monkeypatch):
     import sys
 
-    from robust_ad_bench.benchmark.ray_executor import import_ray
+    from robust_ad_bench.benchmark.execution.ray_executor import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(BenchError, match=r'pip install -e "\.\[ray\]"'):
@@ -149,7 +149,8 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
 def test_run_uses_a_worker_per_core_by_default(monkeypatch, cores, expected, threads):
     """``run`` without ``--executor`` (and no executor in its config) starts one worker per core, each with its
     share of the threads; on one core it stays in this process. A flag or the config's choice wins."""
-    from robust_ad_bench.benchmark import cli, execution
+    from robust_ad_bench.benchmark import cli
+    from robust_ad_bench.benchmark.grid import execution
 
     monkeypatch.setattr(cli, "default_executor", execution.default_executor)  # undo the suite's serial default
     monkeypatch.setattr(execution, "cpu_count", lambda: cores)
@@ -165,7 +166,8 @@ def test_run_uses_a_worker_per_core_by_default(monkeypatch, cores, expected, thr
 
 
 def test_a_config_naming_its_executor_keeps_it(monkeypatch, tmp_path):
-    from robust_ad_bench.benchmark import cli, execution
+    from robust_ad_bench.benchmark import cli
+    from robust_ad_bench.benchmark.grid import execution
 
     monkeypatch.setattr(cli, "default_executor", execution.default_executor)
     monkeypatch.setattr(execution, "cpu_count", lambda: 2)

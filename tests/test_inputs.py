@@ -213,7 +213,7 @@ def test_foreign_store_is_left_as_it_was(world):
 
 
 def test_the_valid_folder_class_ran(world):
-    from robust_ad_bench.benchmark.store import Store
+    from robust_ad_bench.benchmark.results.store import Store
 
     case = next(c for c in CASES if c.name == "folder class with a non-UTF-8 name")
     run_case(case, world)

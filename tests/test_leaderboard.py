@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from robust_ad_bench.benchmark import leaderboard
+from robust_ad_bench.benchmark.results import leaderboard
 
 
 def frame(rows):

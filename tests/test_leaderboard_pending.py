@@ -8,10 +8,10 @@ import os
 import socket
 import time
 
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark.claims import Claims, live_claims
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.store import STORE_FILE, JobResult, Store, open_existing
+from robust_ad_bench.benchmark.execution.claims import Claims, live_claims
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.store import STORE_FILE, JobResult, Store, open_existing
 
 
 def result(method, attack, norm="linf", eps=8 / 255, status="ok"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.masking import (
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.protocol.masking import (
     FLOAT_TOLERANCE,
     deterministic_test,
     difference_threshold,
@@ -18,9 +19,8 @@ from robust_ad_bench.benchmark.masking import (
     stratified_sample,
     worse,
 )
-from robust_ad_bench.benchmark.metrics import auroc
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.protocol.metrics import auroc
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.registry import load_plugin_file
 
 PLUGIN = Path(__file__).parent / "plugins" / "attack_doubles.py"

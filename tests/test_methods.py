@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import TINY_METHOD_PARAMS
-from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark.protocol import metrics
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS

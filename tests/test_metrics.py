@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from robust_ad_bench.benchmark import metrics
+from robust_ad_bench.benchmark.protocol import metrics
 
 
 def _data(seed: int, n: int = 500, decimals: int = 1, pos_frac: float = 0.3):

@@ -7,8 +7,8 @@ import copy
 import torch
 
 from conftest import TINY_METHOD_PARAMS
-from robust_ad_bench.benchmark.config import expand_grid, make_grid_config
-from robust_ad_bench.benchmark.model_cache import ModelCache
+from robust_ad_bench.benchmark.execution.model_cache import ModelCache
+from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
 from robust_ad_bench.datasets.protocols import make_split
 
 

@@ -14,8 +14,8 @@ import pytest
 import miniature_data as mini
 from conftest import TINY_FLOW, TINY_METHOD_PARAMS, TINY_SLA
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.config import _as_list, load_yaml, make_grid_config, packaged_configs
-from robust_ad_bench.benchmark.runner import Runner
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import _as_list, load_yaml, make_grid_config, packaged_configs
 from robust_ad_bench.core.registry import ATTACKS, DATASETS
 from robust_ad_bench.datasets import cache
 

@@ -26,9 +26,9 @@ import pytest
 import torch
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.jobs import certificate_key, check_key
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.jobs import certificate_key, check_key
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.registry import METHODS
 
 PINS_FILE = Path(__file__).parent / "data" / "pinned_behaviour.json"

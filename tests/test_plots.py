@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robust_ad_bench.benchmark.plots import eps_label, make_plots, safe_name
-from robust_ad_bench.benchmark.store import CertifiedRow, JobResult, Store
+from robust_ad_bench.benchmark.results.plots import eps_label, make_plots, safe_name
+from robust_ad_bench.benchmark.results.store import CertifiedRow, JobResult, Store
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METHODS = ["deep-svdd", "ae/robust"]  # the slash checks file-name sanitizing

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.config import expand_grid, make_grid_config
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS
 from robust_ad_bench.datasets.protocols import transductive_split

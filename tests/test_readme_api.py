@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.results.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import robust_ad_bench
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.results.store import Store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

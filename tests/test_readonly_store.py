@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.store import STORE_FILE, JobResult, Store, open_existing
+from robust_ad_bench.benchmark.results.store import STORE_FILE, JobResult, Store, open_existing
 
 ROOT = Path(__file__).resolve().parent.parent
 

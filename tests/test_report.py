@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.report import REPORT_FILE, board_html, with_reported
-from robust_ad_bench.benchmark.runner import Runner
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.results.report import REPORT_FILE, board_html, with_reported
 
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 METHODS = ["knn", "ae", "deep-svdd"]

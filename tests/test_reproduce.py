@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 import miniature_data as mini
-from robust_ad_bench.benchmark import cli_reports, leaderboard
+from robust_ad_bench.benchmark import cli_reports
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.config import packaged_configs
-from robust_ad_bench.benchmark.papers import Figure, Paper, load_paper, paper_names, parse_paper
-from robust_ad_bench.benchmark.reported import cell_reported, compare
+from robust_ad_bench.benchmark.grid.config import packaged_configs
+from robust_ad_bench.benchmark.papers.catalog import Figure, Paper, load_paper, paper_names, parse_paper
+from robust_ad_bench.benchmark.papers.reported import cell_reported, compare
+from robust_ad_bench.benchmark.results import leaderboard
 from robust_ad_bench.core.errors import BenchError
 
 MVTEC = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",

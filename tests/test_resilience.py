@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.claims import Claims
-from robust_ad_bench.benchmark.runner import Hooks, Runner
-from robust_ad_bench.benchmark.store import STORE_FILE, Store
+from robust_ad_bench.benchmark.execution.claims import Claims
+from robust_ad_bench.benchmark.execution.runner import Hooks, Runner
+from robust_ad_bench.benchmark.results.store import STORE_FILE, Store
 
 FAULTY = Path(__file__).parent / "plugins" / "faulty_methods.py"
 CLI = [sys.executable, "-m", "robust_ad_bench.benchmark.cli", "run", "--device", "cpu", "--datasets", "digits"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark.config import expand_grid
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import expand_grid
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import load_plugin_file
 

@@ -10,9 +10,10 @@ import torch
 
 from conftest import tiny_grid
 from robust_ad_bench.attacks import gradient, square
-from robust_ad_bench.benchmark import evaluation, settling
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.evaluation import scoring
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.protocol import settling
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.attack import Settle, attack_objective
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS
@@ -58,7 +59,7 @@ class Counting:
 def test_settled_images_stop_and_the_others_are_unchanged(ae_digits, monkeypatch, attack, eps):
     detector, split = ae_digits
     x, y = split.test, split.test_labels
-    clean = evaluation.score_images(detector, x, 1, 0)
+    clean = scoring.score_images(detector, x, 1, 0)
     bounds = settling.settle_bounds(y.numpy(), clean)
     params = {"queries": 60} if attack.startswith("square") else {}
     counts = {}
@@ -83,7 +84,7 @@ def test_settled_images_stop_and_the_others_are_unchanged(ae_digits, monkeypatch
     # the settled ones moved at least as far as they needed, and so every rank metric is the same
     off = settling.settled(y.numpy(), scores[False], bounds)
     assert (off | ~done).all()
-    from robust_ad_bench.benchmark import metrics
+    from robust_ad_bench.benchmark.protocol import metrics
     assert metrics.image_metrics(y.numpy(), scores[True]) == metrics.image_metrics(y.numpy(), scores[False])
     assert counts[True] < counts[False]  # and it saved objective evaluations
 
@@ -136,12 +137,12 @@ def pd_equal(a, b):
 def test_clean_scores_are_computed_once_per_model(ae_digits, monkeypatch):
     detector, split = ae_digits
     calls = []
-    original = evaluation.score_images
-    monkeypatch.setattr(evaluation, "score_images", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
-    evaluation._clean.clear()
-    first = evaluation.attacked_scores(detector, split, "clean", {}, 0.0, torch.device("cpu"), train_key="m")[1]
-    again = evaluation.attacked_scores(detector, split, "clean", {}, 0.0, torch.device("cpu"), train_key="m")[1]
-    evaluation.attacked_scores(detector, split, "fgsm", {}, 8 / 255, torch.device("cpu"), train_key="m")
+    original = scoring.score_images
+    monkeypatch.setattr(scoring, "score_images", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
+    scoring._clean.clear()
+    first = scoring.attacked_scores(detector, split, "clean", {}, 0.0, torch.device("cpu"), train_key="m")[1]
+    again = scoring.attacked_scores(detector, split, "clean", {}, 0.0, torch.device("cpu"), train_key="m")[1]
+    scoring.attacked_scores(detector, split, "fgsm", {}, 8 / 255, torch.device("cpu"), train_key="m")
     assert calls.count(len(split.test)) == 2  # the clean scores once, then the FGSM images once
     assert np.array_equal(first, again)
     assert np.array_equal(first, original(detector, split.test, 1, 0))

@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import TINY_METHOD_PARAMS
 from robust_ad_bench.benchmark.cli import main
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.registry import ATTACKS, METHODS

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from robust_ad_bench.benchmark import metrics
-from robust_ad_bench.benchmark.config import load_yaml
+from robust_ad_bench.benchmark.grid.config import load_yaml
+from robust_ad_bench.benchmark.protocol import metrics
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import DATASETS, METHODS

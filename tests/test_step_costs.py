@@ -10,9 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robust_ad_bench.benchmark.config import expand_grid, make_grid_config
-from robust_ad_bench.benchmark.execution import ExecutionConfig
-from robust_ad_bench.benchmark.step_costs import (
+from robust_ad_bench.benchmark.execution.step_costs import (
     SCALED,
     STORED,
     PlannedStep,
@@ -24,7 +22,9 @@ from robust_ad_bench.benchmark.step_costs import (
     rate,
     rates_of,
 )
-from robust_ad_bench.benchmark.store import STEP_TIME_COLUMNS, STORE_FILE, StepTime, Store, open_existing
+from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
+from robust_ad_bench.benchmark.grid.execution import ExecutionConfig
+from robust_ad_bench.benchmark.results.store import STEP_TIME_COLUMNS, STORE_FILE, StepTime, Store, open_existing
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,10 +13,10 @@ from rich.progress import Progress
 
 from conftest import tiny_grid
 from robust_ad_bench.benchmark.cli import RichHooks
-from robust_ad_bench.benchmark.runner import Hooks, Runner
-from robust_ad_bench.benchmark.step_costs import PlannedStep
-from robust_ad_bench.benchmark.step_progress import StepProgress
-from robust_ad_bench.benchmark.store import Store
+from robust_ad_bench.benchmark.execution.runner import Hooks, Runner
+from robust_ad_bench.benchmark.execution.step_costs import PlannedStep
+from robust_ad_bench.benchmark.execution.step_progress import StepProgress
+from robust_ad_bench.benchmark.results.store import Store
 
 
 def plan(models=("a", "b"), jobs=3):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_METHOD_PARAMS
-from robust_ad_bench.benchmark.metrics import auroc
+from robust_ad_bench.benchmark.protocol.metrics import auroc
 from robust_ad_bench.core.attack import attack_objective
 from robust_ad_bench.core.dataset import TrainSet
 from robust_ad_bench.core.registry import ATTACKS, DATASETS, METHODS, load_plugin_file

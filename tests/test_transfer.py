@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark import gallery
-from robust_ad_bench.benchmark.masking import objective
-from robust_ad_bench.benchmark.method_styles import method_styles
-from robust_ad_bench.benchmark.robustness_area import normalized_area, robustness_areas, sort_table, with_areas
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
-from robust_ad_bench.benchmark.transfer import MARK, SplitTransfer, TransferSummary, transfer_key
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.execution.transfer import MARK, SplitTransfer, TransferSummary, transfer_key
+from robust_ad_bench.benchmark.protocol.masking import objective
+from robust_ad_bench.benchmark.results import gallery
+from robust_ad_bench.benchmark.results.method_styles import method_styles
+from robust_ad_bench.benchmark.results.robustness_area import normalized_area, robustness_areas, sort_table, with_areas
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import METHODS as METHOD_REGISTRY
 
@@ -46,9 +46,9 @@ def test_every_source_target_pair_is_scored_and_the_diagonal_is_white_box(run):
 def test_transfer_recomputes_the_same_figures_from_the_stored_images(run):
     """The off-diagonal AUROC comes from the images on disk: scoring them again by hand gives it."""
     out, _, cfg = run
-    from robust_ad_bench.benchmark import metrics
-    from robust_ad_bench.benchmark.model_cache import ModelCache
-    from robust_ad_bench.benchmark.worst_case import AdversarialImages, choose
+    from robust_ad_bench.benchmark.execution.model_cache import ModelCache
+    from robust_ad_bench.benchmark.protocol import metrics
+    from robust_ad_bench.benchmark.protocol.worst_case import AdversarialImages, choose
     from robust_ad_bench.datasets.protocols import make_split
 
     jobs = Runner(cfg).jobs
@@ -161,7 +161,7 @@ def test_robustness_areas_and_sort(run):
     areas = robustness_areas(results)
     assert sorted(areas["method"]) == sorted(METHODS)
     assert ((areas["area"] >= 0) & (areas["area"] <= 1)).all()
-    from robust_ad_bench.benchmark import leaderboard
+    from robust_ad_bench.benchmark.results import leaderboard
 
     table = with_areas(leaderboard.wide(results), results)
     column = next(c for c in table.columns if " area-linf" in c)
@@ -185,7 +185,7 @@ def test_robustness_plot_uses_the_styles(tmp_path):
     """14 methods on one robustness plot: each line gets its own (colour, marker)."""
     import matplotlib.pyplot as plt
 
-    from robust_ad_bench.benchmark import plots
+    from robust_ad_bench.benchmark.results import plots
 
     rows = []
     for i in range(14):

@@ -59,7 +59,7 @@ def test_v1_and_v2_files_are_found_under_their_names_and_keyed_apart(folders):
     (hub / V2).write_bytes(b"v2")
     assert weights.local_file(V1) == env / V1 and weights.local_file(V2) == hub / V2
     assert weights.local_weights("resnet50") == env / V1  # V1 first, as before the real names were known
-    from robust_ad_bench.benchmark.jobs import content_key
+    from robust_ad_bench.benchmark.grid.jobs import content_key
 
     keys = {p: content_key({"params": {"weights_id": weights.weights_id("resnet50", p)}})
             for p in ("IMAGENET1K_V1", "IMAGENET1K_V2")}

@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from conftest import tiny_grid
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.config import expand_grid
-from robust_ad_bench.benchmark.evaluation import score_images
-from robust_ad_bench.benchmark.jobs import StoredConfig, worst_case_groups
-from robust_ad_bench.benchmark.metrics import auroc
-from robust_ad_bench.benchmark.plots import make_plots
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store
-from robust_ad_bench.benchmark.worst_case import AdversarialImages, worst_scores
+from robust_ad_bench.benchmark.evaluation.scoring import score_images
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import expand_grid
+from robust_ad_bench.benchmark.grid.jobs import StoredConfig, worst_case_groups
+from robust_ad_bench.benchmark.protocol.metrics import auroc
+from robust_ad_bench.benchmark.protocol.worst_case import AdversarialImages, worst_scores
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.audit import audit_tables
+from robust_ad_bench.benchmark.results.plots import make_plots
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.registry import METHODS, load_plugin_file
 

@@ -15,12 +15,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from robust_ad_bench.benchmark.config import make_grid_config
-from robust_ad_bench.benchmark.jobs import StoredConfig, worst_case_groups
-from robust_ad_bench.benchmark.model_cache import ModelCache
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.store import Store, open_existing
-from robust_ad_bench.benchmark.validation import input_shape, validate_grid
+from robust_ad_bench.benchmark.execution.model_cache import ModelCache
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.grid.config import make_grid_config
+from robust_ad_bench.benchmark.grid.jobs import StoredConfig, worst_case_groups
+from robust_ad_bench.benchmark.grid.validation import input_shape, validate_grid
+from robust_ad_bench.benchmark.results.store import Store, open_existing
 from robust_ad_bench.core.detector import Detector
 from robust_ad_bench.core.errors import BenchError
 from robust_ad_bench.core.params import config_dict

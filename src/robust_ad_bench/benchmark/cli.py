@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from robust_ad_bench.benchmark import leaderboard, reproduce
 from robust_ad_bench.benchmark.cli_reports import (
     EXPORT_COLUMNS,
     cmd_audit,
@@ -25,19 +24,21 @@ from robust_ad_bench.benchmark.cli_reports import (
     cmd_report,
     table_console,
 )
-from robust_ad_bench.benchmark.config import make_grid_config
 from robust_ad_bench.benchmark.dry_run import dry_run
-from robust_ad_bench.benchmark.execution import EXECUTORS, default_executor
-from robust_ad_bench.benchmark.jobs import Job
-from robust_ad_bench.benchmark.papers import load_paper, paper_names
-from robust_ad_bench.benchmark.reproduce import plan
-from robust_ad_bench.benchmark.runner import Hooks, Runner, RunSummary
-from robust_ad_bench.benchmark.runtime import GracefulStop, ensure_writable
-from robust_ad_bench.benchmark.step_costs import PlannedStep
-from robust_ad_bench.benchmark.step_progress import StepProgress, run_progress
-from robust_ad_bench.benchmark.store import Store
-from robust_ad_bench.benchmark.transfer import transfer_lines
-from robust_ad_bench.benchmark.validation import validate_grid
+from robust_ad_bench.benchmark.execution.runner import Hooks, Runner, RunSummary
+from robust_ad_bench.benchmark.execution.step_costs import PlannedStep
+from robust_ad_bench.benchmark.execution.step_progress import StepProgress, run_progress
+from robust_ad_bench.benchmark.execution.transfer import transfer_lines
+from robust_ad_bench.benchmark.grid.config import make_grid_config
+from robust_ad_bench.benchmark.grid.execution import EXECUTORS, default_executor
+from robust_ad_bench.benchmark.grid.jobs import Job
+from robust_ad_bench.benchmark.grid.runtime import GracefulStop, ensure_writable
+from robust_ad_bench.benchmark.grid.validation import validate_grid
+from robust_ad_bench.benchmark.papers import reproduce
+from robust_ad_bench.benchmark.papers.catalog import load_paper, paper_names
+from robust_ad_bench.benchmark.papers.reproduce import plan
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.store import Store
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 from robust_ad_bench.core.registry import REGISTRIES, load_plugin_file
 from robust_ad_bench.core.version import __version__

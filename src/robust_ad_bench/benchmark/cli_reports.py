@@ -11,14 +11,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark.audit import audit_tables
-from robust_ad_bench.benchmark.claims import live_claims
-from robust_ad_bench.benchmark.papers import load_paper, paper_names
-from robust_ad_bench.benchmark.reported import cell_reported
-from robust_ad_bench.benchmark.robustness_area import robustness_areas, sort_table, with_areas
-from robust_ad_bench.benchmark.runtime import ensure_writable
-from robust_ad_bench.benchmark.store import open_existing
+from robust_ad_bench.benchmark.execution.claims import live_claims
+from robust_ad_bench.benchmark.grid.runtime import ensure_writable
+from robust_ad_bench.benchmark.papers.catalog import load_paper, paper_names
+from robust_ad_bench.benchmark.papers.reported import cell_reported
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.audit import audit_tables
+from robust_ad_bench.benchmark.results.robustness_area import robustness_areas, sort_table, with_areas
+from robust_ad_bench.benchmark.results.store import open_existing
 from robust_ad_bench.core.errors import BenchError, unknown_choice
 
 EXPORT_COLUMNS = ["method", "dataset", "normal_class", "seed", "attack", "norm", "eps", "auroc", "auroc_ci_low",
@@ -76,7 +76,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_defects(args: argparse.Namespace, console: Console) -> int:
-    from robust_ad_bench.benchmark import defects
+    from robust_ad_bench.benchmark.results import defects
 
     with open_existing(args.out) as store:
         table = defects.defect_table(store, args.data_root)
@@ -133,7 +133,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:
-    from robust_ad_bench.benchmark import plots  # matplotlib is slow to import: only when plotting
+    from robust_ad_bench.benchmark.results import plots  # matplotlib is slow to import: only when plotting
 
     folder = Path(args.out) / "plots"
     ensure_writable(folder)
@@ -145,7 +145,7 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from robust_ad_bench.benchmark.report import build_report
+    from robust_ad_bench.benchmark.results.report import build_report
 
     ensure_writable(args.out)
     with open_existing(args.out) as store:

@@ -10,10 +10,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from robust_ad_bench.benchmark import leaderboard
-from robust_ad_bench.benchmark.jobs import Job
-from robust_ad_bench.benchmark.runner import Runner
-from robust_ad_bench.benchmark.step_costs import (
+from robust_ad_bench.benchmark.execution.runner import Runner
+from robust_ad_bench.benchmark.execution.step_costs import (
     SCALED,
     STORED,
     Estimate,
@@ -24,8 +22,10 @@ from robust_ad_bench.benchmark.step_costs import (
     parallelism,
     planned_steps,
 )
-from robust_ad_bench.benchmark.store import STEP_TIME_COLUMNS, STORE_FILE, open_existing
-from robust_ad_bench.benchmark.tasks import ModelTask
+from robust_ad_bench.benchmark.execution.tasks import ModelTask
+from robust_ad_bench.benchmark.grid.jobs import Job
+from robust_ad_bench.benchmark.results import leaderboard
+from robust_ad_bench.benchmark.results.store import STEP_TIME_COLUMNS, STORE_FILE, open_existing
 
 
 class _NoStore:
