@@ -131,8 +131,10 @@ class Runner:
             self.hooks.start(pending)
             self.planned = {s.id: s for s in planned_steps(tasks, self.out / "models")}
             self.hooks.plan(list(self.planned.values()), store.step_times(), *parallelism(execution))
-            for event in self.executor.run(self.claimed(tasks, store, claims, summary), self.hooks.training, stop):
-                self.write(self.record, event, store, summary, claims)
+            if tasks:  # nothing left: no worker process is started (a rerun of a finished grid takes seconds)
+                for event in self.executor.run(self.claimed(tasks, store, claims, summary), self.hooks.training,
+                                               stop):
+                    self.write(self.record, event, store, summary, claims)
             if not (stop and stop()):  # every split's models done: transfers and galleries (transfer.py)
                 summary.transfer = run_transfer(self.jobs, store, self.out, self.device, stop)
             summary.interrupted = bool(stop and stop())
