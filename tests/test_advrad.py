@@ -232,7 +232,7 @@ def test_runner_uses_eot_for_stochastic_methods_and_certifies(tmp_path):
     summary = Runner(cfg).run()
     assert not summary.failed and summary.certified == 1  # only advrad is flagged certifiable
     plain = make_grid_config(methods="advrad", datasets="digits", attacks="pgd", eps="32/255", classes="0",
-                             out=str(tmp_path), device="cpu")
+                             out=str(tmp_path), device="cpu", dataset_params={})  # tiny_grid's full test sets
     plain.method_params = cfg.method_params
     plain.checks.enabled, plain.certify.methods = False, "none"
     plain.attack_params = {"pgd": {"steps": 2, "eot_samples": 1}}
