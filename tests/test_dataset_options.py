@@ -91,7 +91,7 @@ def test_embedded_test_set_sizes_through_the_grid(tmp_path):
     """``dataset_params`` shrink the embedded test sets; the sizes enter the key only when set."""
     options = dict(methods="knn", datasets="digits,textures", attacks="clean", classes={"digits": ["0"],
                    "textures": ["brick"]}, out=str(tmp_path / "res"), device="cpu")
-    plain = {j.dataset: j for j in expand_grid(make_grid_config(**options))}
+    plain = {j.dataset: j for j in expand_grid(make_grid_config(**options, dataset_params={}))}  # the full sets
     small = {j.dataset: j for j in expand_grid(make_grid_config(**options, dataset_params={
         "digits": {"anomalies_per_digit": 6}, "textures": {"n_test_normal": 30, "n_test_anomalous": 30}}))}
     assert "dataset_params" not in plain["digits"].config

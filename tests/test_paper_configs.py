@@ -19,7 +19,8 @@ from robust_ad_bench.benchmark.grid.config import _as_list, load_yaml, make_grid
 from robust_ad_bench.core.registry import ATTACKS, DATASETS
 from robust_ad_bench.datasets import cache
 
-CONFIGS = sorted(packaged_configs())
+# the papers' configs and the default grid; ``full`` (the default grid at final-table strength) is tested below
+CONFIGS = sorted(set(packaged_configs()) - {"full"})
 # paper settings that need weights or hours, swapped for tiny ones (the rest of each config stays as it is)
 TINY = {
     **TINY_METHOD_PARAMS,
@@ -124,3 +125,17 @@ def test_config_runs_at_a_tiny_budget(tmp_path, data_root, name):
         summary = runner.run()
         assert summary.computed == len(runner.jobs) > 0
         assert not summary.failed, summary.failed[:3]
+
+
+def test_the_full_profile_is_the_default_grid_on_full_test_sets_at_final_strength(tmp_path):
+    from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
+
+    quick = expand_grid(make_grid_config("default", out=str(tmp_path)))
+    full = expand_grid(make_grid_config("full", out=str(tmp_path)))
+    assert {j.method for j in full} == {j.method for j in quick}
+    assert {j.dataset for j in full} == {j.dataset for j in quick} == {"digits", "textures"}
+    assert {j.attack for j in full} == {"clean", "fgsm", "pgd", "ensemble"}
+    pgd = next(j for j in full if j.attack == "pgd")
+    assert (pgd.attack_spec.params["steps"], pgd.attack_spec.params["restarts"]) == (100, 5)
+    assert "dataset_params" in next(j for j in quick if j.dataset == "digits").config  # the quick subsets
+    assert "dataset_params" not in next(j for j in full if j.dataset == "digits").config  # the full test sets

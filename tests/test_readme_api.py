@@ -55,7 +55,10 @@ def test_evaluate_rows_are_the_cli_rows(tmp_path, capsys):
     from robust_ad_bench.core.registry import DATASETS
 
     detector = rab.load_detector(out, "knn", "digits", "0", 0)
-    x = DATASETS.get("digits").create().split("0", 0).test
+    from robust_ad_bench.benchmark.grid.config import load_yaml
+
+    options = load_yaml("default")["dataset_params"]["digits"]  # the default grid's test set, as evaluate ran it
+    x = DATASETS.get("digits").create(options).split("0", 0).test
     with Store(out) as store:
         _, scores = store.scores(rows.loc[rows["attack"] == "clean", "key"].iloc[0])
     with torch.no_grad():
