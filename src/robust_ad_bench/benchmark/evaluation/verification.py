@@ -164,7 +164,8 @@ class ModelEvaluation:
         settled = self.settled_by(white_all)
         x_square, square_scores = self.attack(square, params, eps, sample, settled)
         partial, images = self.whole(square_scores, x_square, sample)
-        rows = self.common_scores(white, sample)
+        # deterministic: the sample's columns of the scores already stacked; stochastic: scored on the sample
+        rows = white_all[:, sample] if white_all is not None else self.common_scores(white, sample)
         pick = choose(labels, rows)
         if self.stochastic:
             x_white = self.chosen_images(white, pick, sample)
