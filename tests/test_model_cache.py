@@ -22,8 +22,8 @@ def test_trained_and_reloaded_detectors_score_alike_in_channels_last(tmp_path):
     job = expand_grid(cfg)[0]
     split = make_split(job.model.split)
     cache = ModelCache(tmp_path / "models", torch.device("cpu"))
-    trained, fitted = cache.get(job.model, job.train_key, split)
-    reloaded, refitted = cache.get(job.model, job.train_key, split)
+    trained, fitted = cache.get(job.model, split)
+    reloaded, refitted = cache.get(job.model, split)
     assert fitted and not refitted
     for detector in (trained, reloaded):
         weights = conv_weights(detector)

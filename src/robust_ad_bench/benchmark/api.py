@@ -95,11 +95,12 @@ def load_detector(out: str | Path, method: str, dataset: str, normal_class: str 
     if len(found) > 1:
         raise BenchError(f"{out} holds {len(found)} trained models of {what}; pass train_key= one of "
                          f"{', '.join(found)}")
-    path = Path(out).expanduser() / "models" / f"{found[0]}.pt"
+    stored = StoredConfig.parse(rows[rows["train_key"] == found[0]].iloc[0]["config"])
+    path = Path(out).expanduser() / "models" / f"{stored.weights_key(found[0])}.pt"
     if not path.is_file():
         raise BenchError(f"the model file {path} of {what} is missing (deleted, or the folder was copied without "
                          "models/); run the grid again to train it")
-    stored = StoredConfig.parse(rows[rows["train_key"] == found[0]].iloc[0]["config"]).payload
+    stored = stored.payload
     cls = METHODS.get(method)
     if str(stored.get("method_version")) != str(cls.version):
         raise BenchError(f"{path} was trained by {method} version {stored.get('method_version')}; this is version "

@@ -86,7 +86,7 @@ def print_grid(jobs: list[Job], pending: set[str], console: Console) -> None:
 def plan_lines(runner: Runner, tasks: list[ModelTask]) -> list[str]:
     """One line each: models to train, jobs, worst cases, checks, certificates."""
     models = Path(runner.cfg.out) / "models"
-    cached = sum((models / f"{task.train_key}.pt").is_file() for task in tasks)
+    cached = sum((models / f"{task.first.model.weights_key}.pt").is_file() for task in tasks)
     checks, certify = runner.cfg.checks, runner.cfg.certify
     checked = [t for t in tasks if t.check_key]
     certified = [t for t in tasks if t.cert_key]

@@ -60,7 +60,10 @@ class Dataset:
     ``Options``; ``create(params, data_root)`` validates them into ``self.options``. The options that
     change the data a split yields are part of the job key (``key_params``); a field with
     ``metadata={"key": False}`` (where the data lives, whether to download) is not, so moving the data
-    does not invalidate results.
+    does not invalidate results. A field with ``metadata={"test_only": True}`` shapes only the test set
+    (how many test images): it is part of the job key but not of the trained weights' key, so a smaller
+    test set evaluates the very model the full one does (the dataset must draw its training images
+    before, and independently of, such options; ``tests/test_datasets.py`` checks it).
     """
 
     name: ClassVar[str] = ""
@@ -88,6 +91,13 @@ class Dataset:
             dataset = cls(build_config(cls.Options, params, f"dataset '{cls.name}'"))  # type: ignore[call-arg]
         dataset.data_root = data_root
         return dataset
+
+    @classmethod
+    def test_only_options(cls) -> frozenset[str]:
+        """The options that shape only the test set (``metadata={"test_only": True}``)."""
+        if cls.Options is None:
+            return frozenset()
+        return frozenset(f.name for f in dataclasses.fields(cls.Options) if f.metadata.get("test_only"))
 
     def key_params(self) -> dict[str, Any]:
         """The options that determine the data, where they differ from their defaults (empty for a

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -18,10 +18,13 @@ FEWEST_IMAGES_OF_A_DIGIT = 174  # digit 8, the rarest in scikit-learn's set
 
 @dataclass
 class DigitsOptions:
-    """The test set's size (YAML ``dataset_params: {digits: {...}}``); part of the job key."""
+    """The test set's size (YAML ``dataset_params: {digits: {...}}``); part of the job key, not of the trained
+    weights' key (the training images are drawn first and do not depend on them)."""
 
-    anomalies_per_digit: int = 30  # test anomalies drawn from each of the nine other digits
-    test_normals: int = 0  # held-out normals kept in the test set; 0: all (a third of the digit's images)
+    # test anomalies drawn from each of the nine other digits
+    anomalies_per_digit: int = field(default=30, metadata={"test_only": True})
+    # held-out normals kept in the test set; 0: all (a third of the digit's images)
+    test_normals: int = field(default=0, metadata={"test_only": True})
 
     def __post_init__(self) -> None:
         if not 1 <= self.anomalies_per_digit <= FEWEST_IMAGES_OF_A_DIGIT:

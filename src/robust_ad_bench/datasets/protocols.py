@@ -54,6 +54,11 @@ def stored_params(dataset: str, key_params: dict[str, Any] | None) -> tuple[tupl
     return freeze_params({k: v for k, v in (key_params or {}).items() if k in names})
 
 
+def test_only_options(dataset: str) -> frozenset[str]:
+    """The options of ``dataset`` that shape only its test set (kept out of the trained weights' key)."""
+    return DATASETS.get(dataset).test_only_options()
+
+
 def make_dataset(spec: SplitSpec) -> Dataset:
     """The dataset of ``spec`` with its options and data root."""
     return DATASETS.get(spec.dataset).create(dict(spec.dataset_params), spec.data_root)

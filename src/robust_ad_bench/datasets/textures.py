@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -122,11 +122,12 @@ def _foreign_patch(patches: torch.Tensor, category: int, g: torch.Generator,
 
 @dataclass
 class TexturesOptions:
-    """How many patches a split holds (YAML ``dataset_params: {textures: {...}}``); part of the job key."""
+    """How many patches a split holds (YAML ``dataset_params: {textures: {...}}``); part of the job key. The
+    test set's sizes are not part of the trained weights' key: the training patches are drawn first."""
 
     n_train: int = 240
-    n_test_normal: int = 60
-    n_test_anomalous: int = 60
+    n_test_normal: int = field(default=60, metadata={"test_only": True})
+    n_test_anomalous: int = field(default=60, metadata={"test_only": True})
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_test_normal", "n_test_anomalous"):

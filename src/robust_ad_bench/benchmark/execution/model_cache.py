@@ -1,4 +1,5 @@
-"""Trained detectors cached by their training key, so every attack on a model reuses one training.
+"""Trained detectors cached by the key of their weights (``ModelSpec.weights_key``), so every attack on a
+model reuses one training.
 
 A model is written atomically (a temporary file, then ``os.replace``), so a killed run never leaves a
 half-written file; one that cannot be loaded (corrupt, or from an older architecture) is trained again.
@@ -27,18 +28,19 @@ class ModelCache:
         self.folder = Path(folder) if folder is not None else None
         self.device = device
 
-    def path(self, train_key: str) -> Path | None:
-        return self.folder / f"{train_key}.pt" if self.folder is not None else None
+    def path(self, weights_key: str) -> Path | None:
+        return self.folder / f"{weights_key}.pt" if self.folder is not None else None
 
-    def get(self, model: ModelSpec, train_key: str, split: Split,
+    def get(self, model: ModelSpec, split: Split,
             progress: Callable[[], ProgressFn | None] = lambda: None,
             state: dict[str, torch.Tensor] | None = None) -> tuple[Detector, bool]:
         """The trained detector: from ``state`` (a shipped state dict), from the cache, or fitted now and
         cached. Returns (detector, fitted)."""
         method = METHODS.get(model.method)
-        seed_everything(train_key)  # before construction: the initial weights come from it
+        key = model.weights_key  # shared by the grids that differ only in their test sets
+        seed_everything(key)  # before construction: the initial weights come from it
         detector = method(tuple(split.train.shape[1:]), model.params).to(self.device)
-        path = self.path(train_key)
+        path = self.path(key)
         if state is None and path is not None and path.is_file():
             try:
                 state = self.load(path, self.device)
@@ -50,7 +52,7 @@ class ModelCache:
             except Exception:  # from an older architecture: train again
                 if path is not None:
                     path.unlink(missing_ok=True)
-                seed_everything(train_key)
+                seed_everything(key)
                 detector = method(tuple(split.train.shape[1:]), model.params).to(self.device)
             else:
                 return fast_layout(detector), False

@@ -137,7 +137,7 @@ class RayBackend:
     @staticmethod
     def _path(step: Step) -> Path | None:
         folder = step.task.models
-        return Path(folder) / f"{step.task.train_key}.pt" if folder is not None else None
+        return Path(folder) / f"{step.task.first.model.weights_key}.pt" if folder is not None else None
 
     def wait(self, timeout: float) -> list[tuple[Any, Outcome]]:
         if not self.running:

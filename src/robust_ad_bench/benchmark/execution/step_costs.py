@@ -124,7 +124,7 @@ def task_steps(task: ModelTask, cached: bool = False) -> list[PlannedStep]:
 def planned_steps(tasks: Iterable[ModelTask], models: Path | None = None) -> list[PlannedStep]:
     """Every step of ``tasks`` (a model already in the cache folder ``models`` is loaded, not trained)."""
     return [s for task in tasks
-            for s in task_steps(task, models is not None and (models / f"{task.train_key}.pt").is_file())]
+            for s in task_steps(task, models is not None and (models / f"{task.first.model.weights_key}.pt").is_file())]
 
 
 def event_step(event: Event) -> tuple[str, str, float, bool] | None:

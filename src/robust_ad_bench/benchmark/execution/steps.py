@@ -97,7 +97,7 @@ def model_for(task: ModelTask, state: dict[str, torch.Tensor] | None = None,
     if detector is not None:
         return detector, split, False
     cache = ModelCache(task.models, resolve_device(task.device))
-    detector, fitted = cache.get(first.model, task.train_key, split, progress, state=state)
+    detector, fitted = cache.get(first.model, split, progress, state=state)
     _remember(memo_key, detector)
     return detector, split, fitted
 

@@ -127,7 +127,7 @@ class SplitTransfer:
             if self.store.has_transfer(key) and done_gallery and folded:
                 continue
             cache = ModelCache(self.out / "models", self.device)
-            path = cache.path(train_key)
+            path = cache.path(mine[0].model.weights_key)
             if path is None or not path.is_file():
                 summary.skipped.append(f"{mine[0].method} {mine[0].dataset}/{mine[0].normal_class} (not cached)")
                 continue
@@ -135,7 +135,7 @@ class SplitTransfer:
                 self.split = make_split(mine[0].model.split)
                 self.x = self.split.test.to(self.device)
                 self.labels = self.split.test_labels.numpy().astype(np.uint8)
-            detector, _ = cache.get(mine[0].model, train_key, self.split)
+            detector, _ = cache.get(mine[0].model, self.split)
             start = time.perf_counter()
             on_target = self.score_sources(detector, mine, key)
             if not self.store.has_transfer(key):

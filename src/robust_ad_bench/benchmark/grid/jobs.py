@@ -5,7 +5,10 @@ A key is a hash of everything that determines a result, so a finished job is nev
 changed setting always is:
 
 - ``ModelSpec.key`` (the training key): method, its version and hyper-parameters, the dataset, its version,
-  class and seed, the protocol, and the labelled anomalies the method trained on (if it did);
+  options, class and seed, the protocol, and the labelled anomalies the method trained on (if it did): one
+  model on one test set;
+- ``ModelSpec.weights_key``: the same without the dataset options that shape only the test set (its file
+  under ``models/`` and the seed of its training), so the quick and the full profile share their models;
 - ``Job.key``: the training key, the test set (the few-anomaly hold-out), the attack, its version and
   parameters, the norm and eps;
 - ``check_key`` / ``certificate_key``: the sanity checks and certificates of one trained model;
@@ -27,7 +30,7 @@ from robust_ad_bench.benchmark.protocol.certification import CertifyConfig
 from robust_ad_bench.benchmark.protocol.checks import CHECKS_VERSION, CheckConfig
 from robust_ad_bench.benchmark.protocol.worst_case import WORST_CASE_VERSION
 from robust_ad_bench.core.params import config_dict
-from robust_ad_bench.datasets.protocols import SplitSpec, stored_params
+from robust_ad_bench.datasets.protocols import SplitSpec, stored_params, test_only_options
 
 
 def content_key(payload: dict[str, Any]) -> str:
@@ -63,15 +66,40 @@ class ModelSpec:
     # in the payload only when there are some, so the keys of datasets without options stay what they were
     dataset_params: dict[str, Any] = field(default_factory=dict)
 
-    def payload(self) -> dict[str, Any]:
+    def _base_payload(self, dataset_params: dict[str, Any]) -> dict[str, Any]:
         s = self.split
         payload = {"method": self.method, "method_version": self.method_version, "params": self.params,
                    "dataset": s.dataset, "dataset_version": self.dataset_version, "normal_class": s.normal_class,
                    "seed": s.seed, **_protocol_payload(s)}
-        if self.dataset_params:
-            payload["dataset_params"] = self.dataset_params
+        if dataset_params:
+            payload["dataset_params"] = dataset_params
         if self.trains_on_anomalies:
             payload["anomalies_seen"] = _few_payload(s)
+        return payload
+
+    def weights_payload(self) -> dict[str, Any]:
+        """What determines the trained weights: the payload without the dataset options that shape only
+        the test set, when the training data cannot depend on the test set (the one-class protocol, no
+        labelled anomalies trained on: those are drawn from the test anomalies)."""
+        params = self.dataset_params
+        if self.split.protocol == "one-class" and not self.trains_on_anomalies:
+            test_only = test_only_options(self.split.dataset)
+            params = {k: v for k, v in params.items() if k not in test_only}
+        return self._base_payload(params)
+
+    @property
+    def weights_key(self) -> str:
+        """The key of the trained weights (their file, the seed of their training): a grid on a smaller test
+        set evaluates the very model the full test set does."""
+        return content_key(self.weights_payload())
+
+    def payload(self) -> dict[str, Any]:
+        """The training key's payload: the model and the data it is tested on. It names the weights' key when
+        that differs (so a quick grid's results are keyed by the weights they were computed with)."""
+        payload = self._base_payload(self.dataset_params)
+        weights = self.weights_payload()
+        if weights != payload:
+            payload["weights"] = content_key(weights)
         return payload
 
     @property
@@ -220,6 +248,10 @@ class StoredConfig:
     @classmethod
     def parse(cls, text: str | dict[str, Any] | None) -> StoredConfig:
         return cls(json.loads(text) if isinstance(text, str) else dict(text or {}))
+
+    def weights_key(self, train_key: str) -> str:
+        """The key of the weights (their file under ``models/``) of the job with training key ``train_key``."""
+        return str(self.payload.get("weights") or train_key)
 
     @property
     def saw_anomalies(self) -> bool:
