@@ -21,7 +21,9 @@ from robust_ad_bench.benchmark.execution.step_costs import (
     parallelism,
     rate,
     rates_of,
+    task_steps,
 )
+from robust_ad_bench.benchmark.execution.tasks import ModelTask
 from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
 from robust_ad_bench.benchmark.grid.execution import ExecutionConfig
 from robust_ad_bench.benchmark.results.store import STEP_TIME_COLUMNS, STORE_FILE, StepTime, Store, open_existing
@@ -86,6 +88,23 @@ def test_work_units_follow_the_attack_budget():
     clean = [j for j in expand_grid(cfg) if j.attack == "clean"][0]
     assert attack_factor(clean) == 1 and attack_factor(pgd) == 10
     assert attack_factor(pgd_more) == 80
+    ensemble = make_grid_config(methods="knn", datasets="digits", attacks="clean,ensemble", eps="8/255",
+                                classes="0", sets=["attack_params.ensemble.pgd_steps=30",
+                                                   "attack_params.ensemble.apgd_iters=20",
+                                                   "attack_params.ensemble.square_queries=500"])
+    job = [j for j in expand_grid(ensemble) if j.attack == "ensemble"][0]
+    restarts = job.attack_spec.params.get("restarts") or 1
+    assert attack_factor(job) == (30 + 20 + 500) * restarts  # the parts run one after the other
+
+
+def test_checks_units_count_the_sample_not_the_test_set():
+    cfg = make_grid_config(methods="knn", datasets="digits", attacks="clean,fgsm,pgd", eps="8/255", classes="0",
+                           dataset_params={})
+    jobs = expand_grid(cfg)
+    task = ModelTask(jobs, jobs, check_key="k", checks=cfg.checks)
+    checks = [s for s in task_steps(task) if s.kind == "checks"][0]
+    # fgsm: eps 0 (1 call); pgd: eps 0, large eps (10 each) and 20 steps; Square 1000 queries; 64 images
+    assert checks.units == 64 * (1 + 10 + 10 + 20 + 1000)
 
 
 def test_parallelism_of_each_executor():

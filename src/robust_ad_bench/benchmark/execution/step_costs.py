@@ -83,13 +83,28 @@ def _int(value: Any, default: int = 1) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
-def attack_factor(job: Job) -> float:
-    """Score calls per image of one job: its iterations × restarts × EOT draws (stochastic detectors) ×
-    evaluation draws."""
-    params = job.attack_spec.params
-    iterations = math.prod(_int(params.get(name)) for name in ATTACKS.get(job.attack).iteration_params)
+def attack_factor(job: Job, params: dict[str, Any] | None = None) -> float:
+    """Score calls per image of one job (with ``params``: of its attack run with those): its iterations ×
+    restarts × EOT draws (stochastic detectors) × evaluation draws. The iteration budgets of an attack made of
+    parts (AutoAttack's iterations and Square's queries, the ensemble's PGD, APGD and Square) add up: the
+    parts run one after the other."""
+    params = job.attack_spec.params if params is None else params
+    iterations = sum(_int(params.get(name)) for name in ATTACKS.get(job.attack).iteration_params) or 1
     eot = _int(params.get("eot_samples")) if METHODS.get(job.method).stochastic and job.norm != "none" else 1
     return iterations * _int(params.get("restarts")) * eot * job.eval_samples
+
+
+def checks_factor(jobs: Iterable[Job], steps_factor: int) -> float:
+    """Score calls per sample image of one model's checks (``checks.run_checks``): each attack at eps 0, and
+    each iterative one at a large eps and with ``steps_factor`` times its budget."""
+    units = 0.0
+    for job in {j.attack: j for j in sorted(jobs, key=lambda j: j.eps) if j.norm != "none"}.values():
+        attack = ATTACKS.get(job.attack)
+        units += attack_factor(job)  # eps 0
+        if attack.is_iterative(job.attack_spec.params) and job.eps > 0:
+            stronger = attack.scaled_params(job.attack_spec.params, steps_factor=steps_factor)
+            units += attack_factor(job) + attack_factor(job, stronger)
+    return units
 
 
 def training_factor(job: Job) -> float:
@@ -110,11 +125,11 @@ def task_steps(task: ModelTask, cached: bool = False) -> list[PlannedStep]:
     steps += [step("job", job.key, job.attack, n_test * attack_factor(job)) for job in task.pending]
     if not task.check_key:  # a checked model's worst cases are computed by its checks step
         steps += [step("worst", w.key, w.norm, n_test * len(w.members) * first.eval_samples) for w in task.worst]
-    if task.check_key:
+    if task.check_key:  # the attacking checks run on the stratified sample, Square on it too
         c = task.checks
-        attacked = sum(attack_factor(job) for job in task.jobs if job.norm != "none")
-        sample = (c.masking_normals + c.masking_anomalies) * c.square_queries * c.square_eot_samples
-        steps.append(step("checks", task.train_key, "", n_test * attacked * c.steps_factor + sample))
+        sample = min(n_test, c.masking_normals + c.masking_anomalies)
+        square = c.square_queries * c.square_eot_samples
+        steps.append(step("checks", task.train_key, "", sample * (checks_factor(task.jobs, c.steps_factor) + square)))
     if task.cert_key:
         cert = task.certify
         steps.append(step("certify", task.train_key, "", n_test * (cert.n0 + cert.n) * len(cert.sigmas)))
