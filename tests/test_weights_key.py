@@ -90,3 +90,15 @@ def test_a_quick_run_then_a_full_run_train_once_and_score_the_shared_images_alik
         load_detector(out, "ae", "digits", 3)
     for key in rows["train_key"]:
         assert load_detector(out, "ae", "digits", 3, train_key=key) is not None
+
+
+def test_the_classes_of_a_quick_grid_are_one_leaderboard_configuration(tmp_path):
+    """The weights' key differs per class, like the class itself: cells still average over classes."""
+    from robust_ad_bench.benchmark.results.cells import configuration
+
+    jobs = expand_grid(tiny_grid(tmp_path, dataset_params=QUICK))
+    by_cell: dict = {}
+    for job in jobs:
+        by_cell.setdefault((job.method, job.attack, job.eps), set()).add(configuration(job.config))
+    assert {job.normal_class for job in jobs} == {"0", "1"}
+    assert all(len(configs) == 1 for configs in by_cell.values())

@@ -23,8 +23,9 @@ from robust_ad_bench.benchmark.protocol.worst_case import FALLBACK
 CELL = ["method", "dataset", "attack", "norm", "eps"]
 MODEL_EPS = ["train_key", "norm", "eps"]
 WORST_PREFIX = "worst-"
-# what varies over the classes and seeds of one configuration (the worst case's job and check keys follow them)
-IDENTITY = ("normal_class", "seed", "jobs", "checks")
+# what varies over the classes and seeds of one configuration (the worst case's job and check keys and the
+# weights' key follow them)
+IDENTITY = ("normal_class", "seed", "jobs", "checks", "weights")
 _ORDER = "_order"
 
 
