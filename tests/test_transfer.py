@@ -59,7 +59,7 @@ def test_transfer_recomputes_the_same_figures_from_the_stored_images(run):
     with Store(out) as store:
         own = np.stack([store.scores(j.key)[1] for j in source])
         row = store.transfer()
-    detector, _ = ModelCache(out / "models", "cpu").get(target.model, target.train_key, split)
+    detector, _ = ModelCache(out / "models", "cpu").get(target.model, split)
     images = [AdversarialImages(out / "adversarial").load(j.key, split.test) for j in source]
     assert all(x is not None for x in images)  # a deterministic method's images are kept too
     pick = choose(labels, own)

@@ -63,7 +63,7 @@ class Dataset:
     does not invalidate results. A field with ``metadata={"test_only": True}`` shapes only the test set
     (how many test images): it is part of the job key but not of the trained weights' key, so a smaller
     test set evaluates the very model the full one does (the dataset must draw its training images
-    before, and independently of, such options; ``tests/test_datasets.py`` checks it).
+    before, and independently of, such options; ``tests/test_weights_key.py`` checks it).
     """
 
     name: ClassVar[str] = ""
