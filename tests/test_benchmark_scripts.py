@@ -101,3 +101,18 @@ def test_library_pieces_script_runs_on_tiny_inputs():
     assert out.count("| 2e+03 |") == 8 and "bootstrap CI of auroc, 5 rounds" in out
     assert "| png-rgb16 16² |" in out and "| tiff-rgb16 16² |" in out
     assert out.count("| True |") == 4, out  # every reader gives torchvision's arrays
+
+
+def test_the_benchmark_configs_expand_onto_the_default_grid():
+    """The configs PROFILE.md and the README's measurements name: the default grid with other test-set sizes,
+    evaluating the default grid's trained models."""
+    from robust_ad_bench.benchmark.grid.config import expand_grid, make_grid_config
+
+    default = {j.model.weights_key for j in expand_grid(make_grid_config())}
+    for name, sizes in (("smallest_test_sets.yaml", {9 + 9, 6 + 6}), ("full_test_sets.yaml", set())):
+        jobs = expand_grid(make_grid_config(str(ROOT / "benchmarks" / name)))
+        assert {j.model.weights_key for j in jobs if j.method != "bgad"} <= default
+        if sizes:
+            from robust_ad_bench.benchmark.execution.step_costs import split_sizes
+
+            assert {split_sizes(j.model.split)[1] for j in jobs if j.method == "knn"} == sizes
