@@ -294,6 +294,13 @@ class Store:
             self.conn.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
                                   f"VALUES ({', '.join('?' * len(columns))})", rows)
 
+    def _read(self, table: str, columns: tuple[str, ...], dtypes: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Every row of ``table``; an empty frame of ``columns`` (with ``dtypes``) when an older or empty store
+        opened read-only has no such table."""
+        if table not in self._tables:
+            return pd.DataFrame({c: pd.Series(dtype=(dtypes or {}).get(c, object)) for c in columns})
+        return pd.read_sql_query(f"SELECT {', '.join(columns)} FROM {table}", self.conn)
+
     def _has(self, table: str, column: str, key: str) -> bool:
         if table not in self._tables:  # an older or empty store opened read-only
             return False
@@ -315,9 +322,7 @@ class Store:
                                   f"VALUES ({', '.join('?' * len(CHECK_COLUMNS))})", [astuple(r) for r in rows])
 
     def checks(self) -> pd.DataFrame:
-        if "checks" not in self._tables:  # a schema-1 store opened read-only
-            return pd.DataFrame({c: pd.Series(dtype=bool if c == "passed" else object) for c in CHECK_COLUMNS})
-        frame = pd.read_sql_query(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks", self.conn)
+        frame = self._read("checks", CHECK_COLUMNS, {"passed": bool})  # none in a schema-1 store
         frame["passed"] = frame["passed"].astype(bool)
         return frame
 
@@ -329,9 +334,7 @@ class Store:
         self._insert("certified", CERTIFIED_COLUMNS, [astuple(r) for r in rows])
 
     def certified(self) -> pd.DataFrame:
-        if "certified" not in self._tables:
-            return pd.DataFrame(columns=list(CERTIFIED_COLUMNS))
-        return pd.read_sql_query(f"SELECT {', '.join(CERTIFIED_COLUMNS)} FROM certified", self.conn)
+        return self._read("certified", CERTIFIED_COLUMNS)
 
     def has_transfer(self, transfer_key: str) -> bool:
         return self._has("transfer", "transfer_key", transfer_key)
@@ -341,9 +344,7 @@ class Store:
         self._insert("transfer", TRANSFER_COLUMNS, [astuple(r) for r in rows])
 
     def transfer(self) -> pd.DataFrame:
-        if "transfer" not in self._tables:
-            return pd.DataFrame(columns=list(TRANSFER_COLUMNS))
-        return pd.read_sql_query(f"SELECT {', '.join(TRANSFER_COLUMNS)} FROM transfer", self.conn)
+        return self._read("transfer", TRANSFER_COLUMNS)
 
     def put_step_time(self, row: StepTime) -> None:
         """The duration of one step (the latest measurement of a step replaces an earlier one)."""
@@ -351,10 +352,7 @@ class Store:
 
     def step_times(self) -> pd.DataFrame:
         """Every measured step duration (empty for a store written before they were kept)."""
-        if "step_times" not in self._tables:
-            return pd.DataFrame({c: pd.Series(dtype=float if c in ("units", "seconds") else object)
-                                 for c in STEP_TIME_COLUMNS})
-        return pd.read_sql_query(f"SELECT {', '.join(STEP_TIME_COLUMNS)} FROM step_times", self.conn)
+        return self._read("step_times", STEP_TIME_COLUMNS, {"units": float, "seconds": float})
 
     def scores(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels, scores) of one job, or None."""
